@@ -1,0 +1,211 @@
+"""The `edgevlm` command: one sub-command per step from data to a benchmarked bundle.
+
+Every error caused by input is an `EdgeVLMError` and prints as one line naming the file and the problem, with
+a non-zero exit status and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from edgevlm.errors import EdgeVLMError
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}  # name: (help, add_arguments, run)
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register `run(args)` as the sub-command `name`, its flags added by `add_arguments`."""
+
+    def register(run):
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} is already registered")
+        COMMANDS[name] = (help, add_arguments, run)
+        return run
+
+    return register
+
+
+def _add_create(p):
+    p.add_argument("--preset", required=True, help="preset name (see `edgevlm info`)")
+    p.add_argument("--out", required=True, type=Path, help="model dir to write")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("create", "create a model dir from a preset, with random weights", _add_create)
+def _run_create(a):
+    from edgevlm.models.factory import create
+
+    model = create(a.preset, seed=a.seed)
+    model.save_pretrained(a.out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"created {a.preset} ({n / 1e6:.2f} M parameters, {model.num_image_tokens} image tokens) at {a.out}")
+
+
+
+def _add_data(p):
+    sub = p.add_subparsers(dest="dataset", required=True)
+    s = sub.add_parser("shapes", help="generate the embedded `shapes` VQA data set (shared/data-spec.md)")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--images", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split", choices=["train", "eval"], default="train")
+
+
+@command("data", "generate data sets", _add_data)
+def _run_data(a):
+    from edgevlm.data.llava import read_llava
+    from edgevlm.data.shapes import write_shapes
+
+    write_shapes(a.out, a.images, a.seed, a.split, progress=True)
+    print(f"wrote {a.images} images, {len(read_llava(a.out))} questions ({a.split}) to {a.out}")
+
+
+
+def _add_train(p):
+    from edgevlm.train.config import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--model", required=True, type=Path, help="model dir to start from")
+    p.add_argument("--data", required=True, type=Path, help="LLaVA-format data dir (data.json + images)")
+    p.add_argument("--out", required=True, type=Path, help="model dir to write")
+    p.add_argument("--stage", choices=["vision", "pretrain", "finetune"], default=d.stage.value,
+                   help="vision: warm up a from-scratch tower on shapes cell labels; pretrain: projector only; "
+                        "finetune: projector + LLM")
+    p.add_argument("--method", choices=["full", "lora"], default=d.method.value)
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--train-vision", action="store_true", help="finetune: also train the vision tower")
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--keep-adapter", action="store_true", help="save the LoRA adapter instead of merging it")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this --out")
+
+
+@command("train", "train a model dir (one stage)", _add_train)
+def _run_train(a):
+    from edgevlm.train.config import TrainConfig
+    from edgevlm.train.trainer import train
+
+    cfg = TrainConfig(stage=a.stage, method=a.method, epochs=a.epochs, max_steps=a.max_steps,
+                      batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
+                      train_vision=a.train_vision, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+                      keep_adapter=a.keep_adapter, save_every=a.save_every, seed=a.seed)
+    r = train(a.model, a.data, a.out, cfg, resume=a.resume)
+    first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])
+    print(f"trained {r.steps} steps in {r.seconds:.1f} s: loss {first:.4f} -> {last:.4f}; model dir {r.out}")
+
+
+
+def _add_eval(p):
+    p.add_argument("--model", required=True, type=Path, help="model dir")
+    p.add_argument("--data", required=True, type=Path, help="LLaVA-format data dir")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions")
+    p.add_argument("--json", type=Path, default=None, help="write the full result (with predictions) here")
+
+
+@command("eval", "exact-match accuracy, overall and per question kind", _add_eval)
+def _run_eval(a):
+    from edgevlm.evaluation import evaluate
+    from edgevlm.io import write_json
+    from edgevlm.models.vlm import EdgeVLM
+
+    result = evaluate(EdgeVLM.from_pretrained(a.model), a.data, limit=a.limit)
+    print(result.table())
+    if a.json:
+        write_json(a.json, result.to_dict())
+
+
+
+def _add_generate(p):
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("generate", "answer a prompt about an image with a model dir", _add_generate)
+def _run_generate(a):
+    import torch
+
+    from edgevlm.data.images import load_image
+    from edgevlm.models.vlm import EdgeVLM
+
+    image = load_image(a.image)
+    model = EdgeVLM.from_pretrained(a.model)
+    print(model.answer(image, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                       top_p=a.top_p, generator=torch.Generator().manual_seed(a.seed)))
+
+
+
+def _add_quickstart(p):
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+
+
+@command("quickstart", "data → tiny MobileVLM V2 → train → eval, in about ten minutes on a laptop CPU", _add_quickstart)
+def _run_quickstart(a):
+    from edgevlm.quickstart import quickstart
+
+    quickstart(a.out)
+
+
+
+def _add_info(p):
+    p.add_argument("--model", type=Path, default=None, help="a model dir to describe")
+
+
+@command("info", "list presets, projectors and templates, or describe a model dir", _add_info)
+def _run_info(a):
+    from edgevlm.data.templates import TEMPLATES
+    from edgevlm.models.presets import PRESETS
+    from edgevlm.models.projectors import PROJECTORS
+
+    if a.model is None:
+        print("presets:    " + ", ".join(PRESETS))
+        print("projectors: " + ", ".join(PROJECTORS))
+        print("templates:  " + ", ".join(TEMPLATES))
+        return
+    from edgevlm.models.vlm import EdgeVLM
+
+    model = EdgeVLM.from_pretrained(a.model)
+    info = {"config": model.cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+            "image_tokens": model.num_image_tokens}
+    print(json.dumps(info, indent=2))
+
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgevlm", description="Small vision-language models, from training to a phone.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (help, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help, description=help))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command][2](args)
+    except EdgeVLMError as e:
+        print(f"edgevlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"edgevlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: the `shapes` generator, LLaVA-format reading, prompt templates, tokenizer and image preprocessing."""

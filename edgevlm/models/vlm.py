@@ -1,0 +1,169 @@
+"""EdgeVLM: vision tower → token-reducing projector → causal LM, LLaVA-style.
+
+The projected image tokens replace the `<image>` placeholder in the prompt's token embeddings. The three
+pieces map one to one onto the runtime contract every exporter carries: `encode_image` is
+`vision_encoder`, `embed` is `token_embedding`, and the LM on embeddings with a KV cache is `text_decoder`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgevlm.config import VLMConfig
+from edgevlm.data.images import ImagePreprocess
+from edgevlm.data.templates import TEMPLATES
+from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
+from edgevlm.errors import EdgeVLMError
+from edgevlm.io import atomic_dir, read_json, require_dir, write_json
+from edgevlm.models.checkpoint import load_weights, read_weights, save_weights, unique_state
+from edgevlm.models.llm import build_llm
+from edgevlm.models.projectors import build_projector, projector_tokens
+from edgevlm.models.vision import VisionTower
+
+CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+IGNORE = -100
+
+
+class EdgeVLM(nn.Module):
+    def __init__(self, cfg: VLMConfig, tokenizer: TextTokenizer):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.template = TEMPLATES[cfg.template]
+        self.preprocess = ImagePreprocess.for_vision(cfg.vision)
+        self.vision = VisionTower(cfg.vision)
+        self.projector = build_projector(cfg.projector, cfg.vision.hidden_size, cfg.llm.hidden_size)
+        self.llm = build_llm(cfg.llm)
+        if cfg.moe.num_experts:
+            from edgevlm.models.moe import upcycle
+
+            upcycle(self.llm, cfg.moe)
+
+    # ---- the runtime contract -------------------------------------------------------------------------------
+    @property
+    def num_image_tokens(self) -> int:
+        return projector_tokens(self.cfg.projector, self.cfg.vision.num_patches)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → image embeddings (B, N_img, D_llm)."""
+        return self.projector(self.vision(pixel_values))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    # ---- prompts ----------------------------------------------------------------------------------------------
+    def prompt_ids(self, question: str) -> list[int]:
+        return self.tokenizer.encode_prompt(self.template.prompt(question))
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.tokenizer.encode(self.template.answer_prefix + answer) + [self.tokenizer.eos_id]
+
+    def splice(self, ids: list[int], image_embeds: torch.Tensor) -> torch.Tensor:
+        """Token ids with one IMAGE_TOKEN_INDEX → embeddings (T + N_img - 1, D) with the image spliced in."""
+        if ids.count(IMAGE_TOKEN_INDEX) != 1:
+            raise EdgeVLMError(f"a prompt needs exactly one image placeholder, got {ids.count(IMAGE_TOKEN_INDEX)}")
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        dev = image_embeds.device
+        before = self.embed(torch.tensor(ids[:at], device=dev))
+        after = self.embed(torch.tensor(ids[at + 1 :], device=dev))
+        return torch.cat([before, image_embeds.to(before.dtype), after])
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def loss(self, image_embeds: torch.Tensor, prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
+        """Next-token loss on the answers only, for a right-padded batch of (image, prompt, answer)."""
+        rows, labels = [], []
+        for emb, p, a in zip(image_embeds, prompts, answers):
+            x = self.splice(p + a, emb)
+            rows.append(x)
+            labels.append(torch.tensor([IGNORE] * (len(x) - len(a)) + a, device=x.device))
+        t = max(len(r) for r in rows)
+        mask = torch.zeros(len(rows), t, dtype=torch.long, device=image_embeds.device)
+        for i, r in enumerate(rows):
+            mask[i, : len(r)] = 1
+        x = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, T, D_llm)
+        y = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
+        out = self.llm(inputs_embeds=x, attention_mask=mask, labels=y, use_cache=False)
+        return out.loss
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        image_embeds: torch.Tensor,
+        prompt: list[int],
+        max_new_tokens: int = 48,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """Greedy (temperature 0) or nucleus-sampled continuation of one prompt, stopping at EOS."""
+        x = self.splice(prompt, image_embeds[0])[None]  # (1, T, D_llm)
+        out = self.llm(inputs_embeds=x, use_cache=use_cache)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            tok = _pick(out.logits[0, -1].float(), temperature, top_p, generator)
+            if tok == self.tokenizer.eos_id:
+                break
+            new.append(tok)
+            step = self.embed(torch.tensor([[tok]], device=x.device))
+            if use_cache:
+                out = self.llm(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
+            else:
+                x = torch.cat([x, step], dim=1)
+                out = self.llm(inputs_embeds=x, use_cache=False)
+        return new
+
+    @torch.no_grad()
+    def answer_many(self, image, questions: list[str], **kw) -> list[str]:
+        """Answer questions about one PIL image or (H, W, 3) array, encoding the image once."""
+        emb = self.encode_image(self.preprocess(image)[None].to(self.device))
+        return [self.tokenizer.decode(self.generate(emb, self.prompt_ids(q), **kw)).strip() for q in questions]
+
+    def answer(self, image, question: str, **kw) -> str:
+        return self.answer_many(image, [question], **kw)[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- model dirs -----------------------------------------------------------------------------------------
+    def save_pretrained(self, out: str | Path) -> Path:
+        """Write config.json + model.safetensors + tokenizer.json (+ a LoRA `adapter/`) atomically."""
+        from edgevlm.train import lora
+
+        with atomic_dir(out) as tmp:
+            write_json(tmp / CONFIG, self.cfg.to_dict())
+            save_weights(lora.base_state(unique_state(self)), tmp / WEIGHTS)
+            self.tokenizer.save(tmp / TOKENIZER)
+            if lora.is_lora(self.llm):
+                self.llm.save_pretrained(str(tmp / lora.ADAPTER_DIR))
+        return Path(out)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "EdgeVLM":
+        path = require_dir(path, "model directory")
+        cfg = VLMConfig.from_dict(read_json(path / CONFIG))
+        tokenizer = TextTokenizer.load(path / TOKENIZER)
+        tensors = read_weights(path / WEIGHTS)
+        model = cls(cfg, tokenizer)
+        load_weights(model, tensors, path / WEIGHTS)
+        if (path / "adapter").is_dir():
+            from edgevlm.train import lora
+
+            model.llm = lora.load_adapter(model.llm, path)
+        return model.eval()
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_p, order = probs.sort(descending=True)
+    keep = sorted_p.cumsum(0) - sorted_p < top_p  # smallest prefix whose mass reaches top_p
+    sorted_p = sorted_p * keep
+    choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
+    return int(order[choice])

@@ -1,0 +1,1 @@
+"""Training: stages (vision warm-up, projector pre-training, instruction tuning), LoRA, checkpoints, resume."""

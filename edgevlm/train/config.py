@@ -1,0 +1,35 @@
+"""`TrainConfig`: one training run (a stage with a method and its schedule)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from edgevlm.config import Method, Stage, _check, _plain
+
+
+@dataclass
+class TrainConfig:
+    stage: Stage = Stage.FINETUNE
+    method: Method = Method.FULL
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 caps the run (for smoke tests)
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    train_vision: bool = False  # finetune: also train the tower (a from-scratch tower needs it)
+    vision_window: int = 0  # vision stage: train on W x W patch windows around objects (0: whole images)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    keep_adapter: bool = False
+    save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.stage, self.method = Stage(self.stage), Method(self.method)
+        _check(self.epochs > 0 or self.max_steps > 0, "train needs epochs > 0 or max_steps > 0")
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(not (self.method is Method.LORA and self.stage is not Stage.FINETUNE), "LoRA applies to finetune")
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))

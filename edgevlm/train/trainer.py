@@ -1,0 +1,249 @@
+"""One trainer for every stage: which parameters train, on what batches, with checkpoints and exact resume.
+
+Stages follow the LLaVA-family recipe (projector pre-training, then instruction tuning), with a vision
+warm-up first for towers trained from scratch. A frozen tower's features are computed once per image and
+reused across epochs. Checkpoints hold weights, optimizer, scheduler and RNG, and the data order is a
+function of (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from edgevlm.config import Method, Stage
+from edgevlm.data.llava import read_llava
+from edgevlm.errors import EdgeVLMError
+from edgevlm.io import atomic_dir, write_json
+from edgevlm.models.checkpoint import read_weights, save_weights, load_weights, unique_state
+from edgevlm.models.vlm import EdgeVLM
+from edgevlm.train import lora
+from edgevlm.train.config import TrainConfig
+from edgevlm.train.images import ImageTable
+from edgevlm.train.packing import IGNORE, PackedImage, build_batch, pack
+from edgevlm.train.warmup import CellHead, cell_loss, encode_windows, object_windows, window_loss
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def checkpoint_root(out: Path) -> Path:
+    return out.with_name(out.name + ".checkpoints")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    def __init__(self, model: EdgeVLM, data_dir: str | Path, out: str | Path, cfg: TrainConfig,
+                 progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.device = pick_device()
+        self.model = model.to(self.device)
+        records = read_llava(data_dir)
+        paths = sorted({r.image for r in records})
+        self.images = ImageTable(paths, model.preprocess, progress)
+        self.head = None
+        if cfg.stage is Stage.VISION:
+            self.items, self.head = self._cell_items(Path(data_dir), paths), CellHead(model.cfg.llm.hidden_size)
+            self.head.to(self.device)
+        else:
+            self.items = self._qa_items(records, {p: i for i, p in enumerate(paths)})
+        self._set_trainable()
+        self.features = None if self._tower_trains else self._cache_features()
+
+    # ---- what trains on what ---------------------------------------------------------------------------------
+    @property
+    def _tower_trains(self) -> bool:
+        return self.cfg.stage is Stage.VISION or (self.cfg.stage is Stage.FINETUNE and self.cfg.train_vision)
+
+    def _set_trainable(self) -> None:
+        m, cfg = self.model, self.cfg
+        if cfg.method is Method.LORA:
+            m.llm = lora.add_lora(m.llm, cfg.lora_r, cfg.lora_alpha)
+        m.requires_grad_(False)
+        m.projector.requires_grad_(True)
+        if self._tower_trains:
+            m.vision.requires_grad_(True)
+        if cfg.stage is Stage.FINETUNE:
+            if cfg.method is Method.LORA:
+                for n, p in m.llm.named_parameters():
+                    p.requires_grad_("lora_" in n)
+            else:
+                m.llm.requires_grad_(True)
+
+    def params(self) -> list[torch.nn.Parameter]:
+        ps = [p for p in self.model.parameters() if p.requires_grad]
+        return ps + (list(self.head.parameters()) if self.head is not None else [])
+
+    def _qa_items(self, records, index: dict[Path, int]) -> list[PackedImage]:
+        by_image: dict[int, tuple[list, list]] = {}
+        for r in records:
+            prompts, answers = by_image.setdefault(index[r.image], ([], []))
+            prompts.append(self.model.prompt_ids(r.question))
+            answers.append(self.model.answer_ids(r.answer))
+        return [item for key, (p, a) in sorted(by_image.items()) for item in pack(key, p, a)]
+
+    def _cell_items(self, data_dir: Path, paths: list[Path]) -> list[tuple]:
+        """Vision stage: (image, cell labels) per image, or (image, (row0, col0), label) per object window."""
+        from edgevlm.data.shapes import read_cell_labels
+        from edgevlm.io import read_json
+
+        if not (data_dir / "scenes.json").is_file():
+            raise EdgeVLMError("the vision stage needs `shapes` data (scenes.json holds the cell labels)", data_dir)
+        if not self.cfg.vision_window:
+            labels = read_cell_labels(data_dir)
+            return [(i, labels[p.stem]) for i, p in enumerate(paths)]
+        v = self.model.cfg.vision
+        wins = object_windows(read_json(data_dir / "scenes.json")["scenes"], v.patch_size, v.grid, self.cfg.vision_window)
+        return [(i, (r0, c0), label) for i, p in enumerate(paths) for r0, c0, label in wins[p.stem]]
+
+    @torch.no_grad()
+    def _cache_features(self) -> torch.Tensor:
+        """Frozen tower: its features for every image, computed once (N, N_patches, D_vis)."""
+        self.model.vision.eval()
+        chunks = []
+        for start in tqdm(range(0, len(self.images), 32), desc="vision features", disable=not self.progress,
+                          leave=False):
+            idx = list(range(start, min(start + 32, len(self.images))))
+            with self._autocast():
+                chunks.append(self.model.vision(self.images.batch(idx, self.device)).float())
+        return torch.cat(chunks)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    def _image_embeds(self, keys: list[int]) -> torch.Tensor:
+        if self.features is not None:
+            return self.model.projector(self.features[keys])
+        return self.model.encode_image(self.images.batch(keys, self.device))
+
+    def _loss(self, batch: list) -> tuple[torch.Tensor, dict]:
+        if self.cfg.stage is Stage.VISION:
+            keys = [item[0] for item in batch]
+            labels = torch.tensor([item[-1] for item in batch], device=self.device)
+            if self.cfg.vision_window:
+                pixels = self.images.batch(keys, self.device)
+                embeds = encode_windows(self.model, pixels, [item[1] for item in batch], self.cfg.vision_window)
+                loss, acc = window_loss(self.head, embeds, labels)
+            else:
+                loss, acc = cell_loss(self.head, self._image_embeds(keys), labels)
+            return loss, {"acc": acc}
+        inputs = build_batch(batch, self._image_embeds([it.image_key for it in batch]), self.model.embed)
+        targets = inputs.pop("targets")
+        logits = self.model.llm(**inputs, use_cache=False).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        return loss, {}
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        per_epoch = math.ceil(len(self.items) / self.cfg.batch_size)
+        steps = math.ceil(self.cfg.epochs * per_epoch)
+        return min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps
+
+    def _batch_at(self, step: int) -> list:
+        per_epoch = math.ceil(len(self.items) / self.cfg.batch_size)
+        epoch, i = divmod(step, per_epoch)
+        order = torch.randperm(len(self.items), generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
+        idx = order[i * self.cfg.batch_size : (i + 1) * self.cfg.batch_size]
+        return [self.items[j] for j in idx.tolist()]
+
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg, total = self.cfg, self.total_steps()
+        torch.manual_seed(cfg.seed)
+        opt = torch.optim.AdamW(self.params(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(1, int(cfg.warmup_ratio * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        step, losses = (self._restore(opt, sched) if resume else (0, []))
+        self.model.train()
+        start, samples = time.time(), 0
+        bar = tqdm(total=total, initial=step, desc=f"train {cfg.stage.value}", disable=not self.progress)
+        while step < total:
+            batch = self._batch_at(step)
+            with self._autocast():
+                loss, stats = self._loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            samples += len(batch)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / (time.time() - start):.1f}",
+                            **{k: f"{v:.3f}" for k, v in stats.items()})
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                self._checkpoint(step, opt, sched, losses)
+        bar.close()
+        return self._finish(step, time.time() - start, losses)
+
+    def _finish(self, step: int, seconds: float, losses: list[float]) -> TrainResult:
+        self.model.eval()
+        if not self.cfg.keep_adapter:
+            self.model.llm = lora.merge(self.model.llm)
+        self.model.save_pretrained(self.out)
+        write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step,
+                                                 "seconds": round(seconds, 2), "losses": losses})
+        shutil.rmtree(checkpoint_root(self.out), ignore_errors=True)
+        return TrainResult(self.out, step, seconds, losses)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        state = unique_state(self.model)
+        if self.head is not None:
+            state.update({f"_head.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    def _checkpoint(self, step: int, opt, sched, losses: list[float]) -> None:
+        root = checkpoint_root(self.out)
+        with atomic_dir(root / f"step-{step:07d}") as tmp:
+            save_weights(self._trainable_state(), tmp / "weights.safetensors")
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+            write_json(tmp / "trainer.json", {"step": step, "losses": losses, "config": self.cfg.to_dict()})
+        for old in sorted(root.glob("step-*"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, opt, sched) -> tuple[int, list[float]]:
+        ckpts = sorted(checkpoint_root(self.out).glob("step-*"))
+        if not ckpts:
+            raise EdgeVLMError("--resume: no checkpoint to resume from", checkpoint_root(self.out))
+        ck = ckpts[-1]
+        meta = json.loads((ck / "trainer.json").read_text())
+        if meta["config"] != self.cfg.to_dict():
+            raise EdgeVLMError("--resume: the checkpoint was made with a different training config", ck)
+        tensors = read_weights(ck / "weights.safetensors")
+        head = {k[len("_head."):]: tensors.pop(k) for k in list(tensors) if k.startswith("_head.")}
+        load_weights(self.model, tensors, ck / "weights.safetensors")
+        if self.head is not None:
+            self.head.load_state_dict(head)
+        state = torch.load(ck / "optimizer.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        return meta["step"], meta["losses"]
+
+
+def train(model_dir: str | Path, data_dir: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train a model dir on a LLaVA-format data dir and write the result as a model dir at `out`."""
+    model = EdgeVLM.from_pretrained(model_dir)
+    return Trainer(model, data_dir, out, cfg, progress).run(resume=resume)

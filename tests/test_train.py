@@ -1,0 +1,73 @@
+"""Training: exact resume, loss falls through the CLI, stages train what they should, LoRA end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgevlm.cli import main
+from edgevlm.models.vlm import EdgeVLM
+from edgevlm.train.config import TrainConfig
+from edgevlm.train.trainer import Trainer, checkpoint_root, train
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage,train_vision", [("finetune", True), ("vision", False)])
+def test_resume_equals_uninterrupted(tiny_model_dir, shapes_train, tmp_path, monkeypatch, stage, train_vision):
+    cfg = TrainConfig(stage=stage, train_vision=train_vision, max_steps=6, batch_size=4, lr=1e-3, save_every=3)
+    whole = train(tiny_model_dir, shapes_train, tmp_path / "whole", cfg, progress=False)
+
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "resumed" / "previous.txt").write_text("earlier output")
+    real_checkpoint = Trainer._checkpoint
+
+    def checkpoint_then_die(self, *a, **kw):
+        real_checkpoint(self, *a, **kw)
+        raise Interrupted  # the process is killed right after its first checkpoint
+
+    monkeypatch.setattr(Trainer, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(Interrupted):
+        train(tiny_model_dir, shapes_train, tmp_path / "resumed", cfg, progress=False)
+    assert (tmp_path / "resumed" / "previous.txt").read_text() == "earlier output"  # previous output intact
+    assert (checkpoint_root(tmp_path / "resumed") / "step-0000003").is_dir()
+    monkeypatch.setattr(Trainer, "_checkpoint", real_checkpoint)
+
+    resumed = train(tiny_model_dir, shapes_train, tmp_path / "resumed", cfg, resume=True, progress=False)
+    assert resumed.losses == whole.losses
+    a = EdgeVLM.from_pretrained(whole.out).state_dict()
+    b = EdgeVLM.from_pretrained(resumed.out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not checkpoint_root(tmp_path / "resumed").exists()
+
+
+def test_stages_train_only_their_parts(tiny_model_dir, shapes_train):
+    model = EdgeVLM.from_pretrained(tiny_model_dir)
+    t = Trainer(model, shapes_train, "unused", TrainConfig(stage="pretrain", max_steps=1), progress=False)
+    trainable = {n.split(".")[0] for n, p in t.model.named_parameters() if p.requires_grad}
+    assert trainable == {"projector"} and t.features is not None  # frozen tower: features cached once
+    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), shapes_train, "unused",
+                TrainConfig(stage="finetune", method="lora", max_steps=1), progress=False)
+    names = [n for n, p in t.model.named_parameters() if p.requires_grad]
+    assert all(n.startswith("projector") or "lora_" in n for n in names) and any("lora_" in n for n in names)
+
+
+def test_cli_train_then_eval_loss_falls(tiny_model_dir, shapes_train, shapes_eval, tmp_path, capsys):
+    out = tmp_path / "trained"
+    rc = main(["train", "--model", str(tiny_model_dir), "--data", str(shapes_train), "--out", str(out),
+               "--stage", "finetune", "--method", "lora", "--lora-r", "8", "--epochs", "6", "--batch-size", "4",
+               "--lr", "3e-3"])
+    assert rc == 0
+    losses = json.loads((out / "train_log.json").read_text())["losses"]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+    rc = main(["eval", "--model", str(out), "--data", str(shapes_eval), "--json", str(tmp_path / "eval.json")])
+    assert rc == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["n"] == len(json.loads((shapes_eval / "data.json").read_text()))
+    assert set(result["per_kind"]) <= {"what", "color", "count", "digit", "where", "exists", "caption"}
+    assert "| **overall** |" in capsys.readouterr().out
+    assert not (out / "adapter").exists()  # merged unless --keep-adapter
