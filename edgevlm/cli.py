@@ -83,6 +83,10 @@ def _add_train(p):
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--train-vision", action="store_true", help="finetune: also train the vision tower")
+    p.add_argument("--freeze-projector", action="store_true",
+                   help="finetune: keep the projector as it is (e.g. after a vision warm-up)")
+    p.add_argument("--vision-window", type=int, default=d.vision_window,
+                   help="vision stage: train on W x W patch windows around each object (0: whole images)")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--keep-adapter", action="store_true", help="save the LoRA adapter instead of merging it")
@@ -98,7 +102,8 @@ def _run_train(a):
 
     cfg = TrainConfig(stage=a.stage, method=a.method, epochs=a.epochs, max_steps=a.max_steps,
                       batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
-                      train_vision=a.train_vision, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+                      train_vision=a.train_vision, freeze_projector=a.freeze_projector,
+                      vision_window=a.vision_window, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
                       keep_adapter=a.keep_adapter, save_every=a.save_every, seed=a.seed)
     r = train(a.model, a.data, a.out, cfg, resume=a.resume)
     first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])

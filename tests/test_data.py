@@ -95,3 +95,20 @@ def test_written_llava_format(tmp_path):
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split"):
         next(generate(1, 0, "test"))
+
+
+def test_object_windows_cover_their_objects():
+    from edgevlm.train.warmup import object_windows
+
+    for _, _, scene, _ in generate(30, seed=4, split="train"):
+        scenes = {"x": [None if o is None else o.__dict__ for o in scene]}
+        wins = object_windows(scenes, patch=14, grid=24, window=10)["x"]
+        objs = [(p, o) for p, o in enumerate(scene) if o]
+        assert len(wins) == len(objs)
+        for (r0, c0, label), (pos, o) in zip(wins, objs):
+            top, left = (pos // 2) * CELL + o.y, (pos % 2) * CELL + o.x
+            assert 0 <= r0 <= 14 and 0 <= c0 <= 14
+            # a window of 140 px holds the whole object (120 px at most) unless clipped at the image edge
+            assert r0 * 14 <= top + 10 and top + o.size <= (r0 + 10) * 14 + 10
+            assert c0 * 14 <= left + 10 and left + o.size <= (c0 + 10) * 14 + 10
+            assert shapes.CELL_CLASSES[label] == o.label

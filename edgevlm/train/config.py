@@ -18,6 +18,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     train_vision: bool = False  # finetune: also train the tower (a from-scratch tower needs it)
+    freeze_projector: bool = False  # finetune: keep the projector (e.g. one a vision warm-up trained)
     vision_window: int = 0  # vision stage: train on W x W patch windows around objects (0: whole images)
     lora_r: int = 16
     lora_alpha: int = 32

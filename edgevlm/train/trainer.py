@@ -41,6 +41,9 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+VISION_HEAD = "vision_head.safetensors"  # the warm-up's throw-away head, kept for a following warm-up phase
+
+
 def checkpoint_root(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
@@ -51,8 +54,9 @@ def pick_device() -> torch.device:
 
 class Trainer:
     def __init__(self, model: EdgeVLM, data_dir: str | Path, out: str | Path, cfg: TrainConfig,
-                 progress: bool = True):
+                 progress: bool = True, head_from: Path | None = None):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
+        torch.manual_seed(cfg.seed)  # the warm-up head and LoRA weights start the same in every run
         self.device = pick_device()
         self.model = model.to(self.device)
         records = read_llava(data_dir)
@@ -61,6 +65,8 @@ class Trainer:
         self.head = None
         if cfg.stage is Stage.VISION:
             self.items, self.head = self._cell_items(Path(data_dir), paths), CellHead(model.cfg.llm.hidden_size)
+            if head_from is not None and (head_from / VISION_HEAD).is_file():  # a later warm-up phase
+                self.head.load_state_dict(read_weights(head_from / VISION_HEAD))
             self.head.to(self.device)
         else:
             self.items = self._qa_items(records, {p: i for i, p in enumerate(paths)})
@@ -77,7 +83,7 @@ class Trainer:
         if cfg.method is Method.LORA:
             m.llm = lora.add_lora(m.llm, cfg.lora_r, cfg.lora_alpha)
         m.requires_grad_(False)
-        m.projector.requires_grad_(True)
+        m.projector.requires_grad_(not (cfg.stage is Stage.FINETUNE and cfg.freeze_projector))
         if self._tower_trains:
             m.vision.requires_grad_(True)
         if cfg.stage is Stage.FINETUNE:
@@ -113,16 +119,22 @@ class Trainer:
         wins = object_windows(read_json(data_dir / "scenes.json")["scenes"], v.patch_size, v.grid, self.cfg.vision_window)
         return [(i, (r0, c0), label) for i, p in enumerate(paths) for r0, c0, label in wins[p.stem]]
 
+    @property
+    def _projector_trains(self) -> bool:
+        return any(p.requires_grad for p in self.model.projector.parameters())
+
     @torch.no_grad()
     def _cache_features(self) -> torch.Tensor:
-        """Frozen tower: its features for every image, computed once (N, N_patches, D_vis)."""
+        """Frozen tower: its features for every image, computed once: (N, N_patches, D_vis), or the image
+        embeddings (N, N_img, D_llm) when the projector is frozen too."""
         self.model.vision.eval()
+        encode = self.model.vision if self._projector_trains else self.model.encode_image
         chunks = []
         for start in tqdm(range(0, len(self.images), 32), desc="vision features", disable=not self.progress,
                           leave=False):
             idx = list(range(start, min(start + 32, len(self.images))))
             with self._autocast():
-                chunks.append(self.model.vision(self.images.batch(idx, self.device)).float())
+                chunks.append(encode(self.images.batch(idx, self.device)).float())
         return torch.cat(chunks)
 
     def _autocast(self):
@@ -131,7 +143,7 @@ class Trainer:
     # ---- one step -------------------------------------------------------------------------------------------
     def _image_embeds(self, keys: list[int]) -> torch.Tensor:
         if self.features is not None:
-            return self.model.projector(self.features[keys])
+            return self.model.projector(self.features[keys]) if self._projector_trains else self.features[keys]
         return self.model.encode_image(self.images.batch(keys, self.device))
 
     def _loss(self, batch: list) -> tuple[torch.Tensor, dict]:
@@ -200,6 +212,8 @@ class Trainer:
         if not self.cfg.keep_adapter:
             self.model.llm = lora.merge(self.model.llm)
         self.model.save_pretrained(self.out)
+        if self.head is not None:
+            save_weights({k: v.contiguous() for k, v in self.head.state_dict().items()}, self.out / VISION_HEAD)
         write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step,
                                                  "seconds": round(seconds, 2), "losses": losses})
         shutil.rmtree(checkpoint_root(self.out), ignore_errors=True)
@@ -246,4 +260,4 @@ def train(model_dir: str | Path, data_dir: str | Path, out: str | Path, cfg: Tra
           progress: bool = True) -> TrainResult:
     """Train a model dir on a LLaVA-format data dir and write the result as a model dir at `out`."""
     model = EdgeVLM.from_pretrained(model_dir)
-    return Trainer(model, data_dir, out, cfg, progress).run(resume=resume)
+    return Trainer(model, data_dir, out, cfg, progress, head_from=Path(model_dir)).run(resume=resume)

@@ -24,10 +24,13 @@ from edgevlm.data.shapes import CELL, CELL_CLASSES
 
 
 class CellHead(nn.Module):
+    """Classifies pooled tokens into CELL_CLASSES; `where` tells each token's cell from the token alone."""
+
     def __init__(self, d_llm: int):
         super().__init__()
         self.norm = nn.LayerNorm(d_llm)
         self.fc = nn.Linear(d_llm, len(CELL_CLASSES))
+        self.where = nn.Linear(d_llm, 4)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(pooled))
@@ -48,8 +51,12 @@ def cell_logits(head: CellHead, image_embeds: torch.Tensor) -> torch.Tensor:
 
 
 def cell_loss(head: CellHead, image_embeds: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Cell content from each cell's tokens, plus every token's own cell: tokens that say where they are let
+    the LLM's attention find "the top left" by content instead of learning it from positions."""
     logits = cell_logits(head, image_embeds)
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    cells = token_cells(image_embeds.shape[1]).to(image_embeds.device).expand(len(image_embeds), -1)
+    loss = loss + F.cross_entropy(head.where(image_embeds).flatten(0, 1), cells.flatten())
     return loss, (logits.argmax(-1) == labels).float().mean().item()
 
 
