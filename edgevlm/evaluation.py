@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -63,8 +63,7 @@ def first_images(records: list[QARecord], limit: int | None) -> list[QARecord]:
     return records[:end]
 
 
-def evaluate(answerer: Answerer, data_dir: str | Path, limit: int | None = None, progress: bool = True,
-             on_image: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate(answerer: Answerer, data_dir: str | Path, limit: int | None = None, progress: bool = True) -> EvalResult:
     records = first_images(read_llava(data_dir), limit)
     by_image: dict[Path, list[QARecord]] = defaultdict(list)
     for r in records:

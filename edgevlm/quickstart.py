@@ -6,11 +6,13 @@ pre-trained CLIP) it trains its vision tower first; each step is one `edgevlm tr
    of the tower's own grid (a twelfth of an image's cost, one object per sample), max-pooled, so a
    from-scratch ViT learns shapes and digits within a few CPU minutes. Max pooling was the decisive choice:
    object evidence sits in a few tokens, and a mean drowns it.
-2. vision warm-up on whole images, same head: every cell classified from its tokens, and every token taught
-   which cell it lies in, so the LLM can find "the top left" by token content.
+2. vision warm-up on whole images, same head: every cell classified from its tokens (and every token taught
+   which cell it lies in). After it a linear probe reads 0.91 of eval cells (digits 0.78, shapes 1.00).
 3. instruction tuning: tower and projector are frozen (trained on, the projector lost what the warm-up taught
    it: cell probe 0.91 → 0.61) and the image embeddings computed once; the LLM trains on all questions, each
    image's questions packed into one sequence (exactly single-turn training, 4x fewer tokens).
+Open problem: the random 4-layer LLM does not learn within these minutes to attend to the asked-about cell's
+tokens, so question answering stays near 0.45 overall (README).
 """
 
 from __future__ import annotations

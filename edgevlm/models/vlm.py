@@ -24,7 +24,6 @@ from edgevlm.models.projectors import build_projector, projector_tokens
 from edgevlm.models.vision import VisionTower
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
-IGNORE = -100
 
 
 class EdgeVLM(nn.Module):
@@ -70,23 +69,6 @@ class EdgeVLM(nn.Module):
         before = self.embed(torch.tensor(ids[:at], device=dev))
         after = self.embed(torch.tensor(ids[at + 1 :], device=dev))
         return torch.cat([before, image_embeds.to(before.dtype), after])
-
-    # ---- training -------------------------------------------------------------------------------------------
-    def loss(self, image_embeds: torch.Tensor, prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
-        """Next-token loss on the answers only, for a right-padded batch of (image, prompt, answer)."""
-        rows, labels = [], []
-        for emb, p, a in zip(image_embeds, prompts, answers):
-            x = self.splice(p + a, emb)
-            rows.append(x)
-            labels.append(torch.tensor([IGNORE] * (len(x) - len(a)) + a, device=x.device))
-        t = max(len(r) for r in rows)
-        mask = torch.zeros(len(rows), t, dtype=torch.long, device=image_embeds.device)
-        for i, r in enumerate(rows):
-            mask[i, : len(r)] = 1
-        x = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, T, D_llm)
-        y = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
-        out = self.llm(inputs_embeds=x, attention_mask=mask, labels=y, use_cache=False)
-        return out.loss
 
     # ---- generation -----------------------------------------------------------------------------------------
     @torch.no_grad()

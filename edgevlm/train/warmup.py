@@ -51,8 +51,8 @@ def cell_logits(head: CellHead, image_embeds: torch.Tensor) -> torch.Tensor:
 
 
 def cell_loss(head: CellHead, image_embeds: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Cell content from each cell's tokens, plus every token's own cell: tokens that say where they are let
-    the LLM's attention find "the top left" by content instead of learning it from positions."""
+    """Cell content from each cell's tokens, plus every token's own cell (meant to let the LLM find "the top
+    left" by token content rather than from positions alone)."""
     logits = cell_logits(head, image_embeds)
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
     cells = token_cells(image_embeds.shape[1]).to(image_embeds.device).expand(len(image_embeds), -1)
