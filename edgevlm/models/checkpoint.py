@@ -12,7 +12,7 @@ from torch import nn
 from edgevlm.errors import EdgeVLMError
 
 
-def _unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
+def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without aliases (tied weights are stored once, under their first name)."""
     seen, out = set(), {}
     for name, t in module.state_dict().items():
@@ -21,10 +21,6 @@ def _unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
             seen.add(key)
             out[name] = t.detach().contiguous()
     return out
-
-
-def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return _unique_state(module)
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -43,7 +39,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Copy `tensors` into `module`, failing unless names and shapes match exactly (aliases excepted)."""
-    expected = _unique_state(module)
+    expected = unique_state(module)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     misshaped = sorted(

@@ -38,7 +38,6 @@ class TrainResult:
     steps: int
     seconds: float
     losses: list[float] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
 
 
 VISION_HEAD = "vision_head.safetensors"  # the warm-up's throw-away head, kept for a following warm-up phase

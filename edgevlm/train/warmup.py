@@ -5,10 +5,11 @@ learning vision only through the LLM's answers is slow (a ViT is sample-hungry, 
 make every sample dear on a CPU). This stage stands in for the pre-trained tower, in two phases:
 - object windows: the tower runs on a `window` x `window` patch crop of its own 24 x 24 grid around each
   object (with those patches' own position embeddings), and a throw-away linear head classifies the object
-  from the mean projector token. At 101 tokens instead of 577 a window costs about a twelfth of an image and
+  from the max over its projector tokens (object evidence sits in a few tokens; a mean drowns it). At 101 tokens instead of 577 a window costs about a twelfth of an image and
   holds one object, so the tower sees several times more objects per second, without distractors.
-- full images: every cell's content is classified from the mean of that cell's projector tokens, so the
-  tower learns to do the same with all four cells in view, as the LLM will see them.
+- full images: every cell's content is classified from the max over that cell's projector tokens, so the
+  tower learns to do the same with all four cells in view, as the LLM will see them; each token also learns
+  which cell it lies in.
 Labels come from the data dir's `scenes.json`, so this stage needs `shapes` data.
 """
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgevlm.data.shapes import CELL, CELL_CLASSES
+from edgevlm.data.shapes import CELL, CELL_CLASSES, CellObject
 
 
 class CellHead(nn.Module):
@@ -69,7 +70,7 @@ def object_windows(scenes: dict[str, list], patch: int, grid: int, window: int) 
         for pos, obj in enumerate(cells):
             if obj is None:
                 continue
-            label = f"digit {obj['name']}" if obj["kind"] == "digit" else f"{obj['color']} {obj['name']}"
+            label = CellObject(**obj).label
             cy = (pos // 2) * CELL + obj["y"] + obj["size"] / 2
             cx = (pos % 2) * CELL + obj["x"] + obj["size"] / 2
             r0, c0 = (min(max(round(c / patch - window / 2), 0), grid - window) for c in (cy, cx))
