@@ -5,8 +5,9 @@ learning vision only through the LLM's answers is slow (a ViT is sample-hungry, 
 make every sample dear on a CPU). This stage stands in for the pre-trained tower, in two phases:
 - object windows: the tower runs on a `window` x `window` patch crop of its own 24 x 24 grid around each
   object (with those patches' own position embeddings), and a throw-away linear head classifies the object
-  from the max over its projector tokens (object evidence sits in a few tokens; a mean drowns it). At 101 tokens instead of 577 a window costs about a twelfth of an image and
-  holds one object, so the tower sees several times more objects per second, without distractors.
+  from the max over its projector tokens (object evidence sits in a few tokens; a mean drowns it). At 101
+  tokens instead of 577 a window costs about a twelfth of an image and holds one object, so the tower sees
+  several times more objects per second, without distractors.
 - full images: every cell's content is classified from the max over that cell's projector tokens, so the
   tower learns to do the same with all four cells in view, as the LLM will see them; each token also learns
   which cell it lies in.
