@@ -112,9 +112,12 @@ def _run_train(a):
 
 
 def _add_eval(p):
-    p.add_argument("--model", required=True, type=Path, help="model dir")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="model dir (PyTorch)")
+    src.add_argument("--bundle", type=Path, help="exported bundle dir, run in its own runtime")
     p.add_argument("--data", required=True, type=Path, help="LLaVA-format data dir")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (bundles)")
     p.add_argument("--json", type=Path, default=None, help="write the full result (with predictions) here")
 
 
@@ -122,12 +125,22 @@ def _add_eval(p):
 def _run_eval(a):
     from edgevlm.evaluation import evaluate
     from edgevlm.io import write_json
-    from edgevlm.models.vlm import EdgeVLM
 
-    result = evaluate(EdgeVLM.from_pretrained(a.model), a.data, limit=a.limit)
+    result = evaluate(_answerer(a), a.data, limit=a.limit)
     print(result.table())
     if a.json:
         write_json(a.json, result.to_dict())
+
+
+def _answerer(a):
+    """The PyTorch model for `--model`, or the bundle's runtime for `--bundle`."""
+    if a.bundle is not None:
+        from edgevlm.runtimes import load_runtime
+
+        return load_runtime(a.bundle, threads=a.threads)
+    from edgevlm.models.vlm import EdgeVLM
+
+    return EdgeVLM.from_pretrained(a.model)
 
 
 
@@ -155,6 +168,55 @@ def _run_generate(a):
 
 
 
+def _add_export(p):
+    from edgevlm.export import EXPORTER_MODULES
+
+    p.add_argument("--model", required=True, type=Path, help="model dir to export")
+    p.add_argument("--format", required=True, choices=sorted(EXPORTER_MODULES))
+    p.add_argument("--quant", required=True, help="quantization scheme of the format (see `edgevlm info`)")
+    p.add_argument("--out", required=True, type=Path, help="bundle dir to write")
+    p.add_argument("--verify-data", type=Path, default=None,
+                   help="LLaVA-format data to verify the bundle on (default: a generated `shapes` eval slice)")
+    p.add_argument("--verify-limit", type=int, default=100, help="questions to verify on (0: skip)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads during verification")
+
+
+@command("export", "export a model dir to a bundle for one runtime, verified against PyTorch", _add_export)
+def _run_export(a):
+    from edgevlm.export import ExportConfig, export
+    from edgevlm.models.vlm import EdgeVLM
+
+    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads)
+    r = export(EdgeVLM.from_pretrained(a.model), cfg, a.out)
+    print(f"wrote {a.format} {a.quant} bundle {r.path} ({r.bytes / 1e6:.2f} MB)")
+    for name, f in r.manifest["files"].items():
+        print(f"  {name:<28} {f['bytes'] / 1e6:10.2f} MB")
+    v = r.manifest.get("verification")
+    if v:
+        print(f"verified on {v['n']} questions: answers identical to PyTorch {v['answers_identical']:.3f}, "
+              f"token agreement {v['token_agreement']:.3f}, accuracy {v['accuracy']:.3f} "
+              f"(PyTorch {v['reference_accuracy']:.3f})")
+
+
+
+def _add_run(p):
+    p.add_argument("--bundle", required=True, type=Path, help="exported bundle dir")
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+
+
+@command("run", "answer a prompt about an image with an exported bundle, in its own runtime", _add_run)
+def _run_run(a):
+    from edgevlm.data.images import load_image
+    from edgevlm.runtimes import load_runtime
+
+    image = load_image(a.image)
+    print(load_runtime(a.bundle, threads=a.threads).answer(image, a.prompt, max_new_tokens=a.max_new_tokens))
+
+
+
 def _add_quickstart(p):
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
 
@@ -176,11 +238,14 @@ def _run_info(a):
     from edgevlm.data.templates import TEMPLATES
     from edgevlm.models.presets import PRESETS
     from edgevlm.models.projectors import PROJECTORS
+    from edgevlm.quant.schemes import FORMATS
 
     if a.model is None:
         print("presets:    " + ", ".join(PRESETS))
         print("projectors: " + ", ".join(PROJECTORS))
         print("templates:  " + ", ".join(TEMPLATES))
+        for fmt in FORMATS:
+            print(f"{fmt + ':':<11} " + ", ".join(FORMATS[fmt]))
         return
     from edgevlm.models.vlm import EdgeVLM
 

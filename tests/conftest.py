@@ -32,3 +32,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_model():
     torch.manual_seed(0)
     return create("mobilevlm-v2-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def parity_eval(tmp_path_factory) -> Path:
+    """A `shapes` eval slice with >= 100 questions, for bundle-vs-PyTorch parity tests."""
+    return write_shapes(tmp_path_factory.mktemp("data") / "parity", 16, seed=0, split="eval")
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory, shapes_train, tiny_model_dir) -> Path:
+    """The tiny MobileVLM V2 briefly fine-tuned on `shapes`: confident (peaked) answers, so greedy parity
+    between a bundle and PyTorch tests the export, not near-ties of a random model."""
+    from edgevlm.train.config import TrainConfig
+    from edgevlm.train.trainer import train
+
+    out = tmp_path_factory.mktemp("models") / "trained"
+    cfg = TrainConfig(stage="finetune", epochs=100, max_steps=120, batch_size=8, lr=3e-3, seed=0)
+    return train(tiny_model_dir, shapes_train, out, cfg, progress=False).out

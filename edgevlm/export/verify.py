@@ -1,0 +1,71 @@
+"""Self-verification: run a fresh bundle in its runtime and the PyTorch model on the same questions.
+
+The record goes into the manifest (design.md): the data used, n, how often the runtime's greedy tokens equal
+PyTorch's (whole answers, and token by token), and both exact-match accuracies.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgevlm.data.images import load_image
+from edgevlm.data.llava import QARecord, read_llava
+from edgevlm.evaluation import first_images, normalize
+from edgevlm.runtimes.base import Runtime
+
+DEFAULT_IMAGES, DEFAULT_SEED = 16, 0  # the default slice: `shapes` eval split, ~104 questions
+
+
+@torch.no_grad()
+def reference_ids(model, image, questions: list[str], max_new_tokens: int) -> list[list[int]]:
+    emb = model.encode_image(model.preprocess(image)[None].to(model.device))
+    return [model.generate(emb, model.prompt_ids(q), max_new_tokens=max_new_tokens) for q in questions]
+
+
+def verify(runtime: Runtime, model, data_dir: str | Path | None, limit: int = 100, max_new_tokens: int = 24,
+           progress: bool = True) -> dict:
+    """Compare `runtime` with the PyTorch `model` on the first `limit` questions of `data_dir`.
+
+    With no data dir, the `shapes` eval split (seed 0, 16 images) is generated in a temporary directory.
+    """
+    if data_dir is None:
+        from edgevlm.data.shapes import write_shapes
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_shapes(Path(tmp) / "eval", DEFAULT_IMAGES, DEFAULT_SEED, "eval", progress=False)
+            record = verify(runtime, model, Path(tmp) / "eval", limit, max_new_tokens, progress)
+        record["data"] = f"shapes eval split, seed {DEFAULT_SEED}, {DEFAULT_IMAGES} images (generated)"
+        return record
+    by_image: dict[Path, list[QARecord]] = defaultdict(list)
+    for r in first_images(read_llava(data_dir), limit):
+        by_image[r.image].append(r)
+    n = same = tok_same = tok_total = ok = ref_ok = 0
+    bar = tqdm(total=sum(map(len, by_image.values())), desc="verify", disable=not progress)
+    for path, recs in by_image.items():
+        image, questions = load_image(path), [r.question for r in recs]
+        ours = runtime.generate_many(image, questions, max_new_tokens)
+        ref = reference_ids(model, image, questions, max_new_tokens)
+        for r, a, b in zip(recs, ours, ref):
+            n += 1
+            same += a == b
+            tok_same += sum(x == y for x, y in zip(a, b))
+            tok_total += max(len(a), len(b))
+            ok += normalize(runtime.decode(a)) == normalize(r.answer)
+            ref_ok += normalize(model.tokenizer.decode(b)) == normalize(r.answer)
+        bar.update(len(recs))
+        bar.set_postfix(same=f"{same}/{n}")
+    bar.close()
+    return {
+        "data": str(data_dir),
+        "n": n,
+        "answers_identical": round(same / n, 4),
+        "token_agreement": round(tok_same / max(tok_total, 1), 4),
+        "accuracy": round(ok / n, 4),
+        "reference_accuracy": round(ref_ok / n, 4),
+        "max_new_tokens": max_new_tokens,
+    }

@@ -1,0 +1,1 @@
+"""Named quantization schemes and what each export format does for them."""

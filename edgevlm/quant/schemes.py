@@ -1,0 +1,69 @@
+"""The table of quantization schemes: one name per `--quant` value, mapped to each format's own mechanism.
+
+Formats bring their quantizers (llama.cpp's, torchao + XNNPACK, onnxruntime.quantization,
+coremltools.optimize); this table only names what every part of the model gets, so that the manifest can say
+it and the support table can be read off it (design.md, Quantization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from edgevlm.registry import Registry
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str  # the `--quant` value
+    llm: str  # what the LLM's linear weights get
+    vision: str  # what the vision tower + projector get
+    embedding: str  # what the token embedding table gets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+FORMATS: Registry[Registry[Scheme]] = Registry("export format")
+
+
+def _table(fmt: str, *schemes: Scheme) -> None:
+    table: Registry[Scheme] = Registry(f"{fmt} quantization")
+    for s in schemes:
+        table.register(s.name)(s)
+    FORMATS.register(fmt)(table)
+
+
+_table(
+    "gguf",
+    Scheme("f16", llm="F16", vision="F16", embedding="F16"),
+    Scheme("q8_0", llm="Q8_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q8_0"),
+    Scheme("q4_0", llm="Q4_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_0"),
+    Scheme("q4_k", llm="Q4_K (per-tensor fallback where rows are not a multiple of 256)",
+           vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_K / fallback"),
+)
+_table(
+    "executorch",
+    Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32"),
+    Scheme("int8", llm="8da8w (int8 dynamic activations, int8 per-channel weights)", vision="8da8w",
+           embedding="int8 per-channel"),
+    Scheme("int4", llm="8da4w (int8 dynamic activations, int4 weights, group 32 or 128)", vision="8da8w",
+           embedding="int8 per-channel"),
+)
+_table(
+    "onnx",
+    Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32"),
+    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16"),
+    Scheme("int8", llm="dynamic int8 (quantize_dynamic)", vision="dynamic int8", embedding="fp32"),
+    Scheme("int4", llm="MatMulNBits int4, block 32, accuracy level 4", vision="dynamic int8", embedding="fp32"),
+)
+_table(
+    "coreml",
+    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16"),
+    Scheme("int8", llm="int8 per-channel linear", vision="int8 per-channel linear", embedding="int8 per-channel"),
+    Scheme("int4", llm="int4 per-block (32) linear", vision="int8 per-channel linear", embedding="int8 per-channel"),
+)
+
+
+def scheme(fmt: str, name: str) -> Scheme:
+    """The scheme `name` of format `fmt`; unknown names raise listing the known ones."""
+    return FORMATS[fmt][name]

@@ -1,0 +1,32 @@
+"""Runtimes: run a bundle from its files alone, through each ecosystem's own engine.
+
+Each format's runtime lives in its own module, imported only when a bundle of that format is opened, so that
+running an ONNX bundle does not import ExecuTorch (and a machine without one stack can use the others).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from edgevlm.errors import EdgeVLMError
+from edgevlm.export.bundle import MANIFEST, open_bundle
+from edgevlm.runtimes.base import Runtime
+
+# format (manifest "format") → module defining `RUNTIME`, a Runtime subclass
+RUNTIME_MODULES = {
+    "gguf": "edgevlm.runtimes.llamacpp",
+    "executorch": "edgevlm.runtimes.executorch",
+    "onnx": "edgevlm.runtimes.onnxruntime",
+    "coreml": "edgevlm.runtimes.coreml",
+}
+
+
+def load_runtime(path: str | Path, threads: int | None = None) -> Runtime:
+    """Open the bundle at `path` (checking its files) in the runtime its manifest names."""
+    bundle = open_bundle(path)
+    module = RUNTIME_MODULES.get(bundle.format)
+    if module is None:
+        raise EdgeVLMError(f"unknown bundle format {bundle.format!r}; known: {', '.join(sorted(RUNTIME_MODULES))}",
+                           bundle.path / MANIFEST)
+    return importlib.import_module(module).RUNTIME(bundle, threads=threads)

@@ -1,0 +1,93 @@
+"""The one Runtime interface, and the greedy generation loop shared by the three-function formats.
+
+ONNX, ExecuTorch and CoreML bundles carry the runtime contract (design.md): `vision_encoder`,
+`token_embedding`, `text_decoder` with a KV cache. `ContractRuntime` builds the prompt, splices the image
+embeddings at the placeholder and runs prefill + decode on top of those three calls, so a format's runtime
+only implements them. llama.cpp brings its own multimodal loop and implements `generate_many` directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
+from edgevlm.errors import EdgeVLMError
+from edgevlm.export.bundle import Bundle
+
+
+class Runtime(ABC):
+    """Answers questions about an image from a bundle's files, greedily."""
+
+    name: str = ""  # the engine, e.g. "onnxruntime"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None):
+        self.bundle = bundle
+        self.threads = threads
+
+    @abstractmethod
+    def generate_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[list[int]]:
+        """Greedy answer token ids (EOS excluded) for each question about one PIL image."""
+
+    def decode(self, ids: list[int]) -> str:
+        return self.bundle.tokenizer.decode(ids).strip()
+
+    def answer_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+        return [self.decode(ids) for ids in self.generate_many(image, questions, max_new_tokens)]
+
+    def answer(self, image, question: str, max_new_tokens: int = 48) -> str:
+        return self.answer_many(image, [question], max_new_tokens)[0]
+
+
+class ContractRuntime(Runtime):
+    """Greedy generation over `vision_encoder` / `token_embedding` / `text_decoder` (numpy in, numpy out)."""
+
+    @abstractmethod
+    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
+        """(1, 3, H, W) float32 → image embeddings (N_img, D)."""
+
+    @abstractmethod
+    def token_embedding(self, ids: np.ndarray) -> np.ndarray:
+        """(T,) int64 → embeddings (T, D)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Empty the KV cache: the next `text_decoder` call starts at position 0."""
+
+    @abstractmethod
+    def text_decoder(self, embeds: np.ndarray, start_pos: int) -> np.ndarray:
+        """(T, D) embeddings at positions start_pos.. → logits of the last position (V,), cache advanced."""
+
+    def encode_image(self, image) -> np.ndarray:
+        pixels = self.bundle.preprocess(image).numpy()[None]  # (1, 3, H, W)
+        return self.vision_encoder(pixels)
+
+    def prefill_embeds(self, image_embeds: np.ndarray, question: str) -> np.ndarray:
+        """The prompt's embeddings with the image spliced in: (T + N_img - 1, D)."""
+        ids = self.bundle.prompt_ids(question)
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        before = self.token_embedding(np.asarray(ids[:at], dtype=np.int64))
+        after = self.token_embedding(np.asarray(ids[at + 1 :], dtype=np.int64))
+        return np.concatenate([before, image_embeds.astype(before.dtype), after])
+
+    def generate_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[list[int]]:
+        image_embeds = self.encode_image(image)
+        return [self.generate_from(self.prefill_embeds(image_embeds, q), max_new_tokens) for q in questions]
+
+    def generate_from(self, embeds: np.ndarray, max_new_tokens: int) -> list[int]:
+        limit = self.bundle.max_context
+        if len(embeds) >= limit:
+            raise EdgeVLMError(f"prompt of {len(embeds)} positions does not fit the bundle's context of {limit}",
+                               self.bundle.path)
+        eos = self.bundle.tokenizer.eos_id
+        self.reset()
+        logits, pos, new = self.text_decoder(embeds, 0), len(embeds), []
+        while len(new) < max_new_tokens and pos < limit:
+            tok = int(np.argmax(logits))
+            if tok == eos:
+                break
+            new.append(tok)
+            logits = self.text_decoder(self.token_embedding(np.asarray([tok], dtype=np.int64)), pos)
+            pos += 1
+        return new
