@@ -217,6 +217,42 @@ def _run_run(a):
 
 
 
+def _add_bench(p):
+    from edgevlm.bench.runner import DEFAULT_PROMPT
+
+    p.add_argument("bundles", nargs="+", type=Path, help="bundle dirs to measure")
+    p.add_argument("--image", type=Path, default=None, help="image to ask about (default: a `shapes` image)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per run (EOS does not stop it)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per bundle, after one warm-up run")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: every core)")
+    p.add_argument("--eval", type=Path, default=None, help="LLaVA-format data: also measure accuracy")
+    p.add_argument("--eval-limit", type=int, default=None, help="questions of --eval to use")
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
+    p.add_argument("--plot", type=Path, default=None, help="write comparison plots here (PNG)")
+
+
+@command("bench", "time to first token, prefill / decode tokens/s, memory, size and accuracy of bundles", _add_bench)
+def _run_bench(a):
+    from edgevlm.bench.report import markdown, plot
+    from edgevlm.bench.runner import BenchConfig, bench
+    from edgevlm.io import atomic_file, write_json
+
+    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit)
+    report = bench(a.bundles, cfg)
+    table = markdown(report)
+    print(table)
+    if a.json:
+        write_json(a.json, report)
+    if a.md:
+        with atomic_file(a.md) as f:
+            f.write(table + "\n")
+    if a.plot:
+        plot(report, a.plot)
+
+
+
 def _add_quickstart(p):
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
 

@@ -21,10 +21,14 @@ class Template:
     user: str  # prefix of a user turn
     assistant: str  # prefix of the assistant's answer; generation starts right after it
     answer_prefix: str = " "  # between the assistant prefix and the answer text
+    image_last: bool = False  # put the image after the question, wherever the question had it
 
     def prompt(self, question: str) -> str:
         """Render one user turn whose text contains `<image>`, ending where the answer begins."""
-        if IMAGE_PLACEHOLDER not in question:
+        if self.image_last:
+            text = question.replace(f"{IMAGE_PLACEHOLDER}\n", "").replace(IMAGE_PLACEHOLDER, "").strip()
+            question = f"{text}\n{IMAGE_PLACEHOLDER}"
+        elif IMAGE_PLACEHOLDER not in question:
             question = f"{IMAGE_PLACEHOLDER}\n{question}"
         return f"{self.system}{self.user}{question}{self.assistant}"
 
@@ -49,6 +53,9 @@ def register(t: Template) -> Template:
 
 # Compact template for models trained on `shapes`: short prompts keep tiny models fast.
 register(Template("edgevlm", system="", user="USER: ", assistant=" ASSISTANT:"))
+# The same with the question first: image tokens sit at a fixed distance before the answer, whatever the
+# question's length, so a small LM's rotary attention finds an asked-about cell at the same relative offsets.
+register(Template("edgevlm-qfirst", system="", user="USER: ", assistant=" ASSISTANT:", image_last=True))
 # Vicuna v1, used by MobileVLM, TinyLLaVA (vicuna_v1 / phi) and MoE-LLaVA.
 register(Template(
     "vicuna_v1",

@@ -18,6 +18,7 @@ class Scheme:
     llm: str  # what the LLM's linear weights get
     vision: str  # what the vision tower + projector get
     embedding: str  # what the token embedding table gets
+    bits: float  # effective bits per LLM weight, scales included: the roofline's estimate when a file can't say
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,32 +36,32 @@ def _table(fmt: str, *schemes: Scheme) -> None:
 
 _table(
     "gguf",
-    Scheme("f16", llm="F16", vision="F16", embedding="F16"),
-    Scheme("q8_0", llm="Q8_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q8_0"),
-    Scheme("q4_0", llm="Q4_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_0"),
+    Scheme("f16", llm="F16", vision="F16", embedding="F16", bits=16),
+    Scheme("q8_0", llm="Q8_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q8_0", bits=8.5),
+    Scheme("q4_0", llm="Q4_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_0", bits=4.5),
     Scheme("q4_k", llm="Q4_K (per-tensor fallback where rows are not a multiple of 256)",
-           vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_K / fallback"),
+           vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_K / fallback", bits=4.5),
 )
 _table(
     "executorch",
-    Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32"),
+    Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32", bits=32),
     Scheme("int8", llm="8da8w (int8 dynamic activations, int8 per-channel weights)", vision="8da8w",
-           embedding="int8 per-channel"),
+           embedding="int8 per-channel", bits=8),
     Scheme("int4", llm="8da4w (int8 dynamic activations, int4 weights, group 32 or 128)", vision="8da8w",
-           embedding="int8 per-channel"),
+           embedding="int8 per-channel", bits=5),
 )
 _table(
     "onnx",
-    Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32"),
-    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16"),
-    Scheme("int8", llm="dynamic int8 (quantize_dynamic)", vision="dynamic int8", embedding="fp32"),
-    Scheme("int4", llm="MatMulNBits int4, block 32, accuracy level 4", vision="dynamic int8", embedding="fp32"),
+    Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32", bits=32),
+    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16", bits=16),
+    Scheme("int8", llm="dynamic int8 (quantize_dynamic)", vision="dynamic int8", embedding="fp32", bits=8),
+    Scheme("int4", llm="MatMulNBits int4, block 32, accuracy level 4", vision="dynamic int8", embedding="fp32", bits=4.5),
 )
 _table(
     "coreml",
-    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16"),
-    Scheme("int8", llm="int8 per-channel linear", vision="int8 per-channel linear", embedding="int8 per-channel"),
-    Scheme("int4", llm="int4 per-block (32) linear", vision="int8 per-channel linear", embedding="int8 per-channel"),
+    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16", bits=16),
+    Scheme("int8", llm="int8 per-channel linear", vision="int8 per-channel linear", embedding="int8 per-channel", bits=8),
+    Scheme("int4", llm="int4 per-block (32) linear", vision="int8 per-channel linear", embedding="int8 per-channel", bits=4.5),
 )
 
 

@@ -8,13 +8,33 @@ only implements them. llama.cpp brings its own multimodal loop and implements `g
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export.bundle import Bundle
+
+
+@dataclass
+class Timing:
+    """One request's time split (milliseconds): what `edgevlm bench` reports, per runtime, after warm-up."""
+
+    image_ms: float  # preprocessing + vision encoder + projector
+    prefill_tokens: int  # prompt positions, image tokens included
+    prefill_ms: float  # prompt through the decoder, up to the first token's logits
+    decode_tokens: int  # tokens generated after the first one
+    decode_ms: float
+
+    @property
+    def ttft_ms(self) -> float:
+        return self.image_ms + self.prefill_ms
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ttft_ms": self.ttft_ms}
 
 
 class Runtime(ABC):
@@ -38,6 +58,10 @@ class Runtime(ABC):
 
     def answer(self, image, question: str, max_new_tokens: int = 48) -> str:
         return self.answer_many(image, [question], max_new_tokens)[0]
+
+    def profile(self, image, question: str, new_tokens: int) -> Timing:
+        """Generate exactly `new_tokens` greedily (EOS does not stop it) and time each phase."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be profiled")
 
 
 class ContractRuntime(Runtime):
@@ -91,3 +115,19 @@ class ContractRuntime(Runtime):
             logits = self.text_decoder(self.token_embedding(np.asarray([tok], dtype=np.int64)), pos)
             pos += 1
         return new
+
+    def profile(self, image, question: str, new_tokens: int) -> Timing:
+        t0 = time.perf_counter()
+        image_embeds = self.encode_image(image)
+        t1 = time.perf_counter()
+        embeds = self.prefill_embeds(image_embeds, question)
+        if len(embeds) + new_tokens > self.bundle.max_context:
+            raise EdgeVLMError(f"{len(embeds)} prompt positions + {new_tokens} new tokens exceed the bundle's "
+                               f"context of {self.bundle.max_context}", self.bundle.path)
+        self.reset()
+        tok = int(np.argmax(self.text_decoder(embeds, 0)))
+        t2 = time.perf_counter()
+        for pos in range(len(embeds), len(embeds) + new_tokens - 1):
+            tok = int(np.argmax(self.text_decoder(self.token_embedding(np.asarray([tok], dtype=np.int64)), pos)))
+        t3 = time.perf_counter()
+        return Timing((t1 - t0) * 1e3, len(embeds), (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3)

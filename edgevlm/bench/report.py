@@ -1,0 +1,62 @@
+"""Benchmark reports: a Markdown table, and PNG plots for comparisons (TTFT split, decode vs roofline,
+accuracy vs size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgevlm.bench.stats import fmt
+from edgevlm.io import atomic_file
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    head = (f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; copy bandwidth "
+            f"{report['bandwidth_bytes_s'] / 1e9:.1f} GB/s; commit {report['git_commit']}; "
+            f"{report['config']['new_tokens']} new tokens, {report['config']['runs']} runs (median ±half-range)")
+    rows = [
+        "| bundle | runtime | scheme | MB | image ms | prefill tok/s | TTFT ms | decode tok/s | roofline tok/s "
+        "| % roofline | peak RSS MB | accuracy |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
+        bound = f"{r['roofline_tok_s']:.0f}" if r["roofline_tok_s"] else "–"
+        pct = f"{r['roofline_pct']:.0f}%" if r["roofline_pct"] is not None else "–"
+        rows.append(
+            f"| {Path(r['bundle']).name} | {r['runtime']} {r['runtime_version']} | {r['scheme']} "
+            f"| {r['bytes_on_disk'] / 1e6:.2f} | {fmt(r['image_ms'])} | {fmt(r['prefill_tok_s'], 0)} "
+            f"| {fmt(r['ttft_ms'])} | {fmt(r['decode_tok_s'])} | {bound} | {pct} "
+            f"| {r['peak_rss_bytes'] / 1e6:.0f} | {acc} |"
+        )
+    return "\n".join([head, "", *rows])
+
+
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    names = [Path(r["bundle"]).name for r in rows]
+    fig, (ttft, dec, acc) = plt.subplots(1, 3, figsize=(16, 4.8))
+    img = [r["image_ms"]["median"] for r in rows]
+    pre = [r["prefill_ms"]["median"] for r in rows]
+    ttft.barh(names, img, label="image encode")
+    ttft.barh(names, pre, left=img, label="prefill")
+    ttft.set(xlabel="time to first token (ms)", title="TTFT split")
+    ttft.legend()
+    dec.barh(names, [r["decode_tok_s"]["median"] for r in rows], label="measured")
+    dec.scatter([r["roofline_tok_s"] or 0 for r in rows], names, color="k", marker="|", s=300, label="roofline")
+    dec.set(xlabel="decode tokens/s", title="decode vs memory roofline")
+    dec.legend()
+    scored = [r for r in rows if "accuracy" in r]
+    acc.scatter([r["bytes_on_disk"] / 1e6 for r in scored], [r["accuracy"] for r in scored])
+    for r in scored:
+        acc.annotate(Path(r["bundle"]).name, (r["bytes_on_disk"] / 1e6, r["accuracy"]), fontsize=7)
+    acc.set(xlabel="MB on disk", ylabel="accuracy", title="accuracy vs size")
+    fig.tight_layout()
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""`edgevlm bench`: measure bundles one process each, beside the machine's measured decode roofline."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+import edgevlm
+from edgevlm.bench.roofline import decode_bound, measure_bandwidth
+from edgevlm.errors import EdgeVLMError
+
+DEFAULT_PROMPT = "What is in the top left?"
+
+
+@dataclass
+class BenchConfig:
+    image: Path | None = None  # None: a generated `shapes` eval image
+    prompt: str = DEFAULT_PROMPT
+    new_tokens: int = 32
+    runs: int = 5
+    warmup: int = 1
+    threads: int | None = None  # None: every core
+    eval: Path | None = None  # LLaVA-format data for accuracy
+    eval_limit: int | None = None
+
+
+def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True) -> dict:
+    """Measure every bundle in its own process, then the memory bandwidth; the report as one dict."""
+    threads = cfg.threads or os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        image = cfg.image or _default_image(Path(tmp))
+        rows = []
+        for b in tqdm(bundles, desc="bench", disable=not progress):
+            rows.append(_measure(b, {**asdict(cfg), "image": str(image), "threads": threads}, Path(tmp)))
+    bandwidth = measure_bandwidth(threads)
+    for r in rows:
+        bound = decode_bound(bandwidth, r["decode_weight_bytes"])
+        r["roofline_tok_s"] = bound
+        r["roofline_pct"] = 100 * r["decode_tok_s"]["median"] / bound if bound else None
+    return {
+        "machine": machine(threads),
+        "bandwidth_bytes_s": bandwidth,
+        "config": {**asdict(cfg), "image": str(cfg.image or "generated shapes eval image"), "threads": threads},
+        "edgevlm_version": edgevlm.__version__,
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "results": rows,
+    }
+
+
+def _measure(bundle: Path, req: dict, tmp: Path) -> dict:
+    req = {k: (str(v) if isinstance(v, Path) else v) for k, v in {**req, "bundle": bundle}.items()}
+    path = tmp / "request.json"
+    path.write_text(json.dumps(req))
+    done = subprocess.run([sys.executable, "-m", "edgevlm.bench.worker", str(path)], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"error": done.stderr.strip().splitlines()[-1:] or ["crashed"]}
+    if "error" in result:
+        raise EdgeVLMError(f"benchmark failed: {result['error']}", bundle)
+    return result
+
+
+def _default_image(tmp: Path) -> Path:
+    from edgevlm.data.shapes import write_shapes
+
+    data = write_shapes(tmp / "image", 1, seed=0, split="eval", progress=False)
+    return next((data / "images").iterdir())
+
+
+def machine(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "system": platform.platform(),
+            "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(edgevlm.__file__).parent,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
