@@ -50,3 +50,13 @@ def trained_model_dir(tmp_path_factory, shapes_train, tiny_model_dir) -> Path:
     out = tmp_path_factory.mktemp("models") / "trained"
     cfg = TrainConfig(stage="finetune", epochs=100, max_steps=120, batch_size=8, lr=3e-3, seed=0)
     return train(tiny_model_dir, shapes_train, out, cfg, progress=False).out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and PyTorch threads spinning against a runtime's own
+    thread pool in the same process (verification runs both in turn) slow both several-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

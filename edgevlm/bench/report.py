@@ -40,7 +40,9 @@ def plot(report: dict, out: Path) -> None:
 
     rows = report["results"]
     names = [Path(r["bundle"]).name for r in rows]
-    fig, (ttft, dec, acc) = plt.subplots(1, 3, figsize=(16, 4.8))
+    scored = [r for r in rows if "accuracy" in r]
+    fig, axes = plt.subplots(1, 3 if scored else 2, figsize=(16 if scored else 11, 4.8))
+    ttft, dec = axes[:2]
     img = [r["image_ms"]["median"] for r in rows]
     pre = [r["prefill_ms"]["median"] for r in rows]
     ttft.barh(names, img, label="image encode")
@@ -51,12 +53,16 @@ def plot(report: dict, out: Path) -> None:
     dec.scatter([r["roofline_tok_s"] or 0 for r in rows], names, color="k", marker="|", s=300, label="roofline")
     dec.set(xlabel="decode tokens/s", title="decode vs memory roofline")
     dec.legend()
-    scored = [r for r in rows if "accuracy" in r]
-    acc.scatter([r["bytes_on_disk"] / 1e6 for r in scored], [r["accuracy"] for r in scored])
-    for r in scored:
-        acc.annotate(Path(r["bundle"]).name, (r["bytes_on_disk"] / 1e6, r["accuracy"]), fontsize=7)
-    acc.set(xlabel="MB on disk", ylabel="accuracy", title="accuracy vs size")
+    if scored:
+        _accuracy_panel(axes[2], scored)
     fig.tight_layout()
     with atomic_file(out, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
+
+
+def _accuracy_panel(acc, scored: list[dict]) -> None:
+    acc.scatter([r["bytes_on_disk"] / 1e6 for r in scored], [r["accuracy"] for r in scored])
+    for r in scored:
+        acc.annotate(Path(r["bundle"]).name, (r["bytes_on_disk"] / 1e6, r["accuracy"]), fontsize=7)
+    acc.set(xlabel="MB on disk", ylabel="accuracy", title="accuracy vs size")

@@ -53,9 +53,11 @@ _table(
 _table(
     "onnx",
     Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32", bits=32),
-    Scheme("fp16", llm="fp16", vision="fp16", embedding="fp16", bits=16),
-    Scheme("int8", llm="dynamic int8 (quantize_dynamic)", vision="dynamic int8", embedding="fp32", bits=8),
-    Scheme("int4", llm="MatMulNBits int4, block 32, accuracy level 4", vision="dynamic int8", embedding="fp32", bits=4.5),
+    Scheme("fp16", llm="fp16 (float32 inputs and outputs)", vision="fp16", embedding="fp16", bits=16),
+    Scheme("int8", llm="dynamic int8 (quantize_dynamic, per-channel int8 weights)", vision="dynamic int8 per-channel",
+           embedding="fp32", bits=8),
+    Scheme("int4", llm="MatMulNBits int4, block 32, accuracy level 4 (LM head: dynamic int8 per-channel)",
+           vision="dynamic int8 per-channel", embedding="fp32", bits=4.5),
 )
 _table(
     "coreml",

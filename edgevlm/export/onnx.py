@@ -1,0 +1,283 @@
+"""ONNX export: the runtime contract as three graphs, quantized by onnxruntime's own tools.
+
+A bundle holds `vision.onnx` (tower + projector), `embedding.onnx` (token embedding) and `decoder.onnx`
+(the LM on `inputs_embeds` with explicit `past_key_values.%d.key|value` in and `present.%d.key|value` out, the
+layout onnxruntime-genai and optimum use), all at opset 20 from `torch.onnx.export(dynamo=True)`. Weights live in
+one external data file, `weights.bin`, shared by every graph (identical tensors are stored once), so that no
+graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_genai.py`) adds no weight bytes.
+
+Quantization uses onnxruntime.quantization (design.md, Quantization): fp16 via
+`onnxruntime.transformers.float16` with float32 inputs and outputs kept; int8 via `quantize_dynamic` (MatMul →
+MatMulInteger, per-channel int8 weights, dynamic int8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
+symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8. The token embedding stays
+float. Every graph passes `onnx.checker.check_model(full_check=True)`.
+Specs: https://onnx.ai/onnx/repo-docs/ExternalData.html,
+https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+from onnx import TensorProto, numpy_helper
+from torch import nn
+
+from edgevlm.export.decoder import PlainLlama, _rotate
+from edgevlm.quant.schemes import Scheme
+from edgevlm.runtimes.onnxruntime import graph_io
+
+OPSET = 20
+WEIGHTS = "weights.bin"
+GRAPH_FILES = {"vision": "vision.onnx", "embedding": "embedding.onnx", "decoder": "decoder.onnx"}
+PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
+INLINE_BYTES, ALIGN = 1024, 64  # smaller tensors stay inside the graph; offsets in weights.bin 64-byte aligned
+
+
+# ---- the graphs ---------------------------------------------------------------------------------------------------
+class BatchedLlama(PlainLlama):
+    """PlainLlama with a batch axis: positions (B, T), q/k/v (B, H, T, hd); same weights, same math."""
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+        return emb.cos(), emb.sin()
+
+    def _attention(self, i, attn, x, cos, sin, bias, kv) -> torch.Tensor:
+        B, T, hd = x.shape[0], x.shape[1], self.head_dim
+        q = attn.q_proj(x).view(B, T, self.num_heads, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = attn.k_proj(x).view(B, T, self.num_kv_heads, hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = attn.v_proj(x).view(B, T, self.num_kv_heads, hd).transpose(1, 2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        k, v = kv(i, k, v)  # (B, H_kv, S, hd)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = q @ k.transpose(-1, -2) * hd**-0.5 + bias  # (B, H, T, S)
+        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v  # (B, H, T, hd)
+        return attn.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * hd))
+
+
+class PastPresentDecoder(nn.Module):
+    """(inputs_embeds, attention_mask, position_ids, *past) → (logits, *present); present = past ++ new k/v.
+
+    The signature onnxruntime-genai's decoder takes: attention_mask (B, P + T) is 1 for real tokens, and a key
+    at cache index s is visible to the query at index P + t when s <= P + t and the mask is 1 there.
+    """
+
+    def __init__(self, llm: nn.Module, arch: str):
+        super().__init__()
+        self.core = BatchedLlama(llm, arch)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past: list[torch.Tensor]):
+        P, T = past[0].shape[2], inputs_embeds.shape[1]
+        causal = torch.arange(P + T)[None, :] <= (P + torch.arange(T))[:, None]  # (T, S)
+        mask = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
+        present: list[torch.Tensor] = []
+
+        def kv(i: int, k: torch.Tensor, v: torch.Tensor):
+            k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)  # (B, H_kv, S, hd)
+            present.extend([k, v])
+            return k, v
+
+        logits = self.core(inputs_embeds, position_ids, mask, kv)  # (B, T, V)
+        return logits, *present
+
+
+class _Method(nn.Module):
+    """One method of the EdgeVLM as a module's forward; the model is a submodule, so weights keep their names."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x):
+        return getattr(self.model, self.method)(x)
+
+
+def kv_names(layers: int, pattern: str) -> list[str]:
+    return [pattern % (i, kv) for i in range(layers) for kv in ("key", "value")]
+
+
+def export_graphs(model) -> dict[str, onnx.ModelProto]:
+    """The three fp32 graphs of an EdgeVLM, with named dynamic axes."""
+    batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past", min=0)
+    dec = PastPresentDecoder(model.llm, model.cfg.llm.arch).eval()
+    core = dec.core
+    L, D = core.num_layers, model.cfg.llm.hidden_size
+    size = model.cfg.vision.image_size
+    empty = [torch.zeros(1, core.num_kv_heads, 3, core.head_dim) for _ in range(2 * L)]  # (1, H_kv, P, hd)
+    specs = {
+        "vision": (_Method(model, "encode_image"), (torch.zeros(1, 3, size, size),), ["pixel_values"],
+                   ["image_embeds"], ({0: batch},)),
+        "embedding": (_Method(model, "embed"), (torch.zeros(1, 4, dtype=torch.long),), ["input_ids"],
+                      ["inputs_embeds"], ({0: batch, 1: seq},)),
+        "decoder": (dec, (torch.zeros(1, 4, D), torch.ones(1, 7, dtype=torch.long), torch.arange(3, 7)[None], empty),
+                    ["inputs_embeds", "attention_mask", "position_ids", *kv_names(L, PAST)],
+                    ["logits", *kv_names(L, PRESENT)],
+                    ({0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.DYNAMIC}, {0: batch, 1: seq},
+                     [{0: batch, 2: past}] * (2 * L))),
+    }
+    graphs = {}
+    with torch.no_grad(), quiet():
+        for name, (module, args, inputs, outputs, dynamic) in specs.items():
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
+                                        output_names=outputs, dynamic_shapes=dynamic, verbose=False)
+            graphs[name] = program.model_proto
+    for graph in graphs.values():
+        _strip_debug_info(graph.graph)
+    _name_total_axis(graphs["decoder"])
+    return graphs
+
+
+def _strip_debug_info(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's stack traces and program signature: most of a graph file's bytes, no semantics."""
+    del graph.metadata_props[:]
+    for item in [*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        del item.metadata_props[:]
+
+
+def _name_total_axis(decoder: onnx.ModelProto) -> None:
+    """The exporter names the mask's and presents' length axis after an internal symbol; give it one name."""
+    for v in [*decoder.graph.input, *decoder.graph.output]:
+        if v.name == "attention_mask" or v.name.startswith("present."):
+            dims = v.type.tensor_type.shape.dim
+            dims[1 if v.name == "attention_mask" else 2].dim_param = "total_sequence"
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the exporter's and quantizers' per-node logging and advice."""
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "onnxruntime")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+# ---- quantization recipes: ModelProto → ModelProto ----------------------------------------------------------------
+def to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    half = OnnxModel(convert_float_to_float16(graph, keep_io_types=True))
+    half.topological_sort()  # the converter appends the float32 → float16 casts of the inputs last
+    return half.model
+
+
+def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx.ModelProto:
+    """MatMul → MatMulInteger with int8 weights per output channel.
+
+    Per-tensor weights lost a point on `shapes` (quickstart model, 103-question slice: 0.427 vs PyTorch 0.437);
+    per-channel lost none.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        out = Path(tmp) / "q.onnx"
+        quantize_dynamic(graph, out, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_quantize=nodes,
+                         weight_type=QuantType.QInt8, use_external_data_format=True)
+        return onnx.load(out)
+
+
+def int4_block32(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """MatMul → MatMulNBits (int4, block 32, accuracy level 4), except the LM head: dynamic int8.
+
+    An int4 LM head cost two points on `shapes` (quickstart model, 103-question slice: 0.417 vs PyTorch 0.437);
+    an int8 one costs none (0.437) and adds 1% to the tiny int4 bundle.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    head = [n.name for n in graph.graph.node if n.op_type == "MatMul" and "logits" in n.output]
+    quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=32, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=head)
+    with quiet():
+        quantizer.process()
+    return dynamic_int8(quantizer.model.model, nodes=head) if head else quantizer.model.model
+
+
+# scheme name → graph → recipe; graphs not listed stay fp32 (the `onnx` rows of quant/schemes.py)
+RECIPES: dict[str, dict[str, Callable]] = {
+    "fp32": {},
+    "fp16": {"vision": to_fp16, "embedding": to_fp16, "decoder": to_fp16},
+    "int8": {"vision": dynamic_int8, "decoder": dynamic_int8},
+    "int4": {"vision": dynamic_int8, "decoder": int4_block32},
+}
+
+
+# ---- files --------------------------------------------------------------------------------------------------------
+def externalize(graphs: list[onnx.ModelProto], path: Path) -> None:
+    """Move the large initializers of `graphs` into the one data file `path`, identical tensors once.
+
+    Done before any graph is composed or saved, so that no step holds a > 2 GB protobuf.
+    """
+    stored: dict[tuple, tuple[int, int]] = {}  # (dtype, sha256) → (offset, length)
+    with open(path, "wb") as data:
+        for t in (t for graph in graphs for t in graph.graph.initializer):
+            raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+            if len(raw) < INLINE_BYTES:
+                continue
+            key = (t.data_type, hashlib.sha256(raw).digest())
+            if key not in stored:
+                data.write(b"\0" * (-data.tell() % ALIGN))
+                stored[key] = (data.tell(), len(raw))
+                data.write(raw)
+            _make_external(t, *stored[key])
+
+
+def _make_external(t: TensorProto, offset: int, length: int) -> None:
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "raw_data"):
+        t.ClearField(field)
+    del t.external_data[:]
+    for key, value in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    t.data_location = TensorProto.EXTERNAL
+
+
+def op_counts(graph: onnx.ModelProto, ops=("MatMul", "MatMulInteger", "MatMulNBits", "Conv", "Gather")) -> dict:
+    counts = Counter(n.op_type for n in graph.graph.node)
+    return {op: counts[op] for op in ops if counts[op]}
+
+
+def write(model, scheme: Scheme, out_dir: Path) -> dict:
+    """Export, quantize, save and check the three graphs (+ the onnxruntime-genai text graph); manifest fields."""
+    from edgevlm.export import onnx_genai
+
+    graphs = export_graphs(model)
+    for name, recipe in RECIPES[scheme.name].items():
+        graphs[name] = recipe(graphs[name])
+    fields = {"graphs": {name: {"file": GRAPH_FILES[name], **graph_io(g), "ops": op_counts(g)}
+                         for name, g in graphs.items()}}
+    externalize(list(graphs.values()), out_dir / WEIGHTS)
+    files = {GRAPH_FILES[name]: g for name, g in graphs.items()}
+    files[onnx_genai.TEXT_GRAPH] = onnx_genai.text_graph(graphs["embedding"], graphs["decoder"])
+    for file, graph in files.items():
+        onnx.save(graph, out_dir / file)
+        onnx.checker.check_model(str(out_dir / file), full_check=True)
+    inputs = fields["graphs"]["decoder"]["inputs"]
+    _, kv_heads, _, head_dim = inputs[PAST % (0, "key")][1]  # (batch, H_kv, past, hd)
+    fields.update({
+        "opset": OPSET,
+        "weights": WEIGHTS,
+        "execution_provider": "CPUExecutionProvider",
+        "io_dtype": "float32",  # fp16 keeps float32 inputs / outputs (logits, embeddings, KV cache)
+        "kv_cache": {"layers": sum(name.startswith("past_key_values.") for name in inputs) // 2, "kv_heads": kv_heads,
+                     "head_dim": head_dim, "past": PAST, "present": PRESENT},
+        "genai": onnx_genai.write_config(model, out_dir, head_dim),
+    })
+    return fields
