@@ -192,6 +192,9 @@ def _run_export(a):
     for name, f in r.manifest["files"].items():
         print(f"  {name:<28} {f['bytes'] / 1e6:10.2f} MB")
     v = r.manifest.get("verification")
+    if v and "skipped" in v:
+        print(f"not run in its runtime: {v['skipped']}; the converted torch program, checked instead:")
+        v = v["torch_program"]
     if v:
         print(f"verified on {v['n']} questions: answers identical to PyTorch {v['answers_identical']:.3f}, "
               f"token agreement {v['token_agreement']:.3f}, accuracy {v['accuracy']:.3f} "

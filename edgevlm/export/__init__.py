@@ -57,14 +57,25 @@ def export(model, cfg: ExportConfig, out: str | Path, progress: bool = True) -> 
         manifest = build_manifest(model, cfg.format, s, tmp, fields)
         write_manifest(tmp, manifest)
         if cfg.verify_limit > 0:
-            from edgevlm.export.verify import verify
-            from edgevlm.runtimes import load_runtime
-
-            runtime = load_runtime(tmp, threads=cfg.threads)
-            manifest["verification"] = verify(runtime, model, cfg.verify_data, cfg.verify_limit, progress=progress)
-            del runtime  # release file handles before the rename
+            manifest["verification"] = _verify(writer, model, s, tmp, cfg, progress)
             write_manifest(tmp, manifest)
     return ExportResult(Path(out), manifest)
+
+
+def _verify(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
+    """Run the bundle in its runtime against PyTorch; where the runtime cannot run on this system (CoreML off
+    macOS), the format's module checks what it can (`offline_verification`) and says what it skipped."""
+    if not getattr(writer, "verify_here", lambda: True)():
+        return writer.offline_verification(model, s, tmp, cfg.verify_data, cfg.verify_limit, progress=progress,
+                                           threads=cfg.threads)
+    from edgevlm.export.verify import verify
+    from edgevlm.runtimes import load_runtime
+
+    runtime = load_runtime(tmp, threads=cfg.threads)
+    try:
+        return verify(runtime, model, cfg.verify_data, cfg.verify_limit, progress=progress)
+    finally:
+        del runtime  # release file handles before the rename
 
 
 __all__ = ["EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "export"]

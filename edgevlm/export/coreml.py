@@ -1,0 +1,211 @@
+"""CoreML export: the runtime contract as ML Programs for iOS 18 / macOS 15, weights compressed by coremltools.
+
+Files (coremltools 9, apple.github.io/coremltools/docs-guides):
+- `VisionEncoder.mlpackage`: `pixel_values (1, 3, S, S) → image_embeds (1, N_img, D)` (tower + projector).
+- `TextDecoder.mlpackage`, a multifunction model ("Multifunction Models" guide) with two functions:
+  `text_decoder(inputs_embeds (1, T, D), causal_mask (1, 1, T, E)) → logits (1, T, V)` with the KV cache as
+  Core ML state (`ct.StateType`, "Stateful Models" guide; `CoreMLTextDecoder`), T and E flexible
+  (`ct.RangeDim`); and `token_embedding(input_ids (1, T) int32) → inputs_embeds (1, T, D)`.
+Programs are traced (`torch.jit.trace`, the converter's path for stateful models) and converted with fp16
+compute precision (the ML Program default). Compression ("Optimizing Models" guide, `coremltools.optimize.
+coreml.linear_quantize_weights`): int8 is linear symmetric per output channel; int4 is linear symmetric per
+block of 32 input channels for the LLM's linears, int8 per channel for the vision side and the embedding.
+Weights of at most `WEIGHT_THRESHOLD` elements (norms, biases) stay fp16.
+
+Core ML cannot predict on Linux, so the bundle's runtime (`edgevlm.runtimes.coreml`) runs only on macOS; on
+other systems `edgevlm.export.coreml_verify.linux_verification` checks what can be checked there.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgevlm.export.coreml_decoder import CoreMLTextDecoder
+from edgevlm.quant.schemes import Scheme
+from edgevlm.runtimes.coreml import CAN_PREDICT, causal_mask
+
+VISION_FILE, DECODER_FILE = "VisionEncoder.mlpackage", "TextDecoder.mlpackage"
+TARGET, SPEC_VERSION = "iOS18", 9  # the first target with states and per-block int4 (specification version 9)
+WEIGHT_THRESHOLD = 2048  # coremltools' default: smaller constants are left uncompressed
+
+
+@dataclass(frozen=True)
+class LinearQuant:
+    """Linear symmetric weight quantization: per output channel, or per block of `block` input channels."""
+
+    dtype: str  # "int8" | "int4"
+    block: int | None = None
+
+    def config(self):
+        import coremltools.optimize.coreml as cto
+
+        granularity = {"granularity": "per_block", "block_size": self.block} if self.block else \
+            {"granularity": "per_channel"}
+        return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=self.dtype,
+                                           weight_threshold=WEIGHT_THRESHOLD, **granularity)
+
+    def block_sizes(self, shape: tuple[int, ...]) -> list[int]:
+        """The intended blocks: one scale per output channel (axis 0), per `block` along axis 1 if set."""
+        sizes = [1] + [0] * (len(shape) - 1)
+        if self.block:
+            sizes[1] = self.block
+        return sizes
+
+    def describe(self) -> str:
+        return f"{self.dtype} linear symmetric, " + (f"per block of {self.block}" if self.block else "per channel")
+
+
+INT8, INT4_B32 = LinearQuant("int8"), LinearQuant("int4", block=32)
+# scheme name → part ("vision", "llm", "embedding") → quantization; a part not listed stays fp16
+COMPRESSION: dict[str, dict[str, LinearQuant]] = {
+    "fp16": {},
+    "int8": {"vision": INT8, "llm": INT8, "embedding": INT8},
+    "int4": {"vision": INT8, "llm": INT4_B32, "embedding": INT8},
+}
+
+
+class VisionEncoder(nn.Module):
+    """`vision_encoder`: the tower and projector of an EdgeVLM (shared modules)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vision, self.projector = model.vision, model.projector
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.vision(pixel_values))  # (1, N_img, D)
+
+
+class TokenEmbedding(nn.Module):
+    """`token_embedding`: the LLM's input embedding table (shared)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.embed_tokens = model.llm.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)  # (1, T, D)
+
+
+def max_context(model) -> int:
+    return model.cfg.llm.max_position_embeddings
+
+
+def function_specs(model) -> dict:
+    """Each function's file, part, and named inputs / outputs / states; "T" and "E" are flexible dims."""
+    c, n_ctx = model.cfg, max_context(model)
+    S, D, V, N = c.vision.image_size, c.llm.hidden_size, c.llm.vocab_size, model.num_image_tokens
+    cache = list(CoreMLTextDecoder(model.llm, c.llm.arch, n_ctx).cache_shape)
+    return {
+        "vision_encoder": _function(VISION_FILE, "main", "vision", [_t("pixel_values", [1, 3, S, S])],
+                                    [_t("image_embeds", [1, N, D])]),
+        "token_embedding": _function(DECODER_FILE, "token_embedding", "embedding",
+                                     [_t("input_ids", [1, "T"], "int32")], [_t("inputs_embeds", [1, "T", D])]),
+        "text_decoder": _function(DECODER_FILE, "text_decoder", "llm",
+                                  [_t("inputs_embeds", [1, "T", D]), _t("causal_mask", [1, 1, "T", "E"])],
+                                  [_t("logits", [1, "T", V])],
+                                  [_t("k_cache", cache, "float16"), _t("v_cache", cache, "float16")]),
+    }
+
+
+def _t(name: str, shape: list, dtype: str = "float32") -> dict:
+    return {"name": name, "shape": shape, "dtype": dtype}
+
+
+def _function(file: str, function: str, part: str, inputs, outputs, states=()) -> dict:
+    return {"file": file, "function": function, "part": part, "inputs": inputs, "outputs": outputs,
+            "states": list(states)}
+
+
+def flexible_dims(model) -> dict[str, list[int]]:
+    return {"T": [1, max_context(model)], "E": [1, max_context(model)]}
+
+
+def modules(model) -> dict[str, tuple[nn.Module, tuple]]:
+    """The eager module of each function, sharing `model`'s weights, with an example input to trace it on."""
+    c = model.cfg
+    S, D = c.vision.image_size, c.llm.hidden_size
+    decoder = CoreMLTextDecoder(model.llm, c.llm.arch, max_context(model))
+    return {
+        "vision_encoder": (VisionEncoder(model).eval(), (torch.zeros(1, 3, S, S),)),
+        "token_embedding": (TokenEmbedding(model).eval(), (torch.zeros(1, 4, dtype=torch.int32),)),
+        "text_decoder": (decoder.eval(), (torch.zeros(1, 4, D), torch.from_numpy(causal_mask(3, 4)))),
+    }
+
+
+@torch.no_grad()
+def trace_programs(model) -> dict[str, torch.jit.ScriptModule]:
+    """The traced programs handed to `ct.convert`, by function name (they share `model`'s weights)."""
+    return {name: torch.jit.trace(module, args) for name, (module, args) in modules(model).items()}
+
+
+def convert(program: torch.jit.ScriptModule, spec: dict, dims: dict, quant: LinearQuant | None):
+    """One traced program → an fp16 ML Program (iOS 18) with `spec`'s names, compressed by `quant`."""
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    # one RangeDim per flexible dim, shared by the inputs that have it (symbol names are process-global)
+    flexible = {d: ct.RangeDim(lo, hi, default=1) for d, (lo, hi) in dims.items()}
+
+    def tensor(t, **name):
+        shape = tuple(flexible[d] if isinstance(d, str) else d for d in t["shape"])
+        return ct.TensorType(shape=shape, dtype=np.dtype(t["dtype"]).type, **name)
+
+    mlmodel = ct.convert(
+        program,
+        inputs=[tensor(t, name=t["name"]) for t in spec["inputs"]],
+        outputs=[ct.TensorType(name=t["name"], dtype=np.dtype(t["dtype"]).type) for t in spec["outputs"]],
+        states=[ct.StateType(wrapped_type=tensor(t), name=t["name"]) for t in spec["states"]],
+        minimum_deployment_target=getattr(ct.target, TARGET),
+        compute_precision=ct.precision.FLOAT16,
+        skip_model_load=not CAN_PREDICT,
+    )
+    if quant is not None:
+        mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=quant.config()))
+    return mlmodel
+
+
+def write(model, scheme: Scheme, out_dir: Path) -> dict:
+    """Write VisionEncoder.mlpackage and TextDecoder.mlpackage into `out_dir`; return the manifest fields."""
+    import coremltools as ct
+
+    specs, dims, parts = function_specs(model), flexible_dims(model), COMPRESSION[scheme.name]
+    programs = trace_programs(model)
+    mlmodels = {name: convert(programs[name], spec, dims, parts.get(spec["part"])) for name, spec in specs.items()}
+    mlmodels["vision_encoder"].save(str(out_dir / VISION_FILE))
+    with tempfile.TemporaryDirectory() as tmp:
+        desc = ct.utils.MultiFunctionDescriptor()
+        for name in ("text_decoder", "token_embedding"):
+            mlmodels[name].save(f"{tmp}/{name}.mlpackage")
+            desc.add_function(f"{tmp}/{name}.mlpackage", src_function_name="main",
+                              target_function_name=specs[name]["function"])
+        desc.default_function_name = specs["text_decoder"]["function"]
+        ct.utils.save_multifunction(desc, str(out_dir / DECODER_FILE))
+    return {
+        "max_context": max_context(model),
+        "target": TARGET,
+        "compute_precision": "float16",
+        "compression": {part: parts[part].describe() if part in parts else "float16"
+                        for part in ("vision", "llm", "embedding")},
+        "weight_threshold": WEIGHT_THRESHOLD,
+        "flexible_dims": dims,
+        "functions": specs,
+    }
+
+
+def verify_here() -> bool:
+    """Whether the bundle can run in its runtime on this system (the export hook; see coreml_verify)."""
+    return CAN_PREDICT
+
+
+def offline_verification(model, scheme: Scheme, out_dir: Path, data_dir=None, limit: int = 100,
+                         progress: bool = True, threads: int | None = None) -> dict:
+    """The verification record where Core ML cannot predict (see `coreml_verify.linux_verification`)."""
+    from edgevlm.export.coreml_verify import linux_verification as run
+
+    return run(model, scheme, out_dir, data_dir, limit, progress, threads)

@@ -1,0 +1,205 @@
+"""CoreML export, checked as far as Linux allows: the decoder wrapper equals the reference, the packages' specs
+match the manifest, the stored weights are exactly the intended fp16 / int8 / int4 ones, and the traced
+programs given to the converter, holding those weights, answer like PyTorch. Prediction through Core ML needs
+macOS: tests/test_coreml_macos.py."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import platform
+import re
+
+import numpy as np
+import pytest
+import torch
+
+ct = pytest.importorskip("coremltools")
+
+from edgevlm.cli import main  # noqa: E402
+from edgevlm.errors import EdgeVLMError  # noqa: E402
+from edgevlm.export import ExportConfig, export  # noqa: E402
+from edgevlm.export import coreml, coreml_verify  # noqa: E402
+from edgevlm.export.bundle import open_bundle  # noqa: E402
+from edgevlm.export.coreml_decoder import CoreMLTextDecoder  # noqa: E402
+from edgevlm.export.decoder import StaticCacheDecoder  # noqa: E402
+from edgevlm.models.vlm import EdgeVLM  # noqa: E402
+from edgevlm.quant.schemes import scheme  # noqa: E402
+from edgevlm.runtimes.coreml import causal_mask  # noqa: E402
+
+PARITY_LIMIT = 100  # questions of the parity slice (103: whole images) run through the torch program
+MIN_IDENTICAL = {"fp16": 1.0, "int8": 0.95, "int4": 0.85}  # measured: 1.0, 1.0, 0.96
+
+
+def _fails(argv, capsys, needle: str) -> str:
+    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
+    assert "Traceback" not in err
+    assert [line for line in lines if "error:" in line] == lines[-1:], err
+    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
+    return lines[-1]
+
+
+# ---- the decoder the converter sees ---------------------------------------------------------------------------
+def _mask(start: int, length: int) -> torch.Tensor:
+    return torch.from_numpy(causal_mask(start, length))  # (1, 1, T, start + T)
+
+
+def _run(decoder, embeds, split: int, call) -> torch.Tensor:
+    """Prefill embeds[:, :split], then one position at a time: logits (1, T, V)."""
+    T = embeds.shape[1]
+    out = [call(decoder, embeds[:, :split], 0)] + [call(decoder, embeds[:, t : t + 1], t) for t in range(split, T)]
+    return torch.cat(out, dim=1)
+
+
+def _reference(llm, embeds, split):
+    ref = StaticCacheDecoder(llm, "llama", max_context=32).eval()
+    with torch.no_grad():
+        return _run(ref, embeds, split, lambda d, x, s: d(x, torch.tensor([s])))
+
+
+def _ours(decoder, embeds, split):
+    with torch.no_grad():
+        return _run(decoder, embeds, split, lambda d, x, s: d(x, _mask(s, x.shape[1])))
+
+
+def test_coreml_decoder_equals_reference_eager_and_traced(tiny_model):
+    llm = tiny_model.llm
+    torch.manual_seed(1)
+    embeds = torch.randn(1, 12, llm.config.hidden_size)
+    ref = _reference(llm, embeds, 9)
+    torch.testing.assert_close(ref, llm(inputs_embeds=embeds, use_cache=False).logits, atol=1e-5, rtol=1e-5)
+    dec = CoreMLTextDecoder(llm, "llama", max_context=32, cache_dtype=torch.float32).eval()
+    torch.testing.assert_close(_ours(dec, embeds, 9), ref, atol=1e-5, rtol=1e-5)
+    dec.reset()
+    with torch.no_grad():
+        traced = torch.jit.trace(dec, (embeds[:, :4], _mask(3, 4)))  # traced at one length, run at others
+    traced.k_cache.zero_(), traced.v_cache.zero_()
+    torch.testing.assert_close(_ours(traced, embeds, 9), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_coreml_decoder_under_torch_export(tiny_model):
+    llm = tiny_model.llm
+    torch.manual_seed(2)
+    embeds = torch.randn(1, 10, llm.config.hidden_size)
+    ref = _reference(llm, embeds, 7)
+    dec = CoreMLTextDecoder(llm, "llama", max_context=32, cache_dtype=torch.float32).eval()
+    T, E = torch.export.Dim("T", min=1, max=31), torch.export.Dim("E", min=1, max=31)  # < max_context
+    with torch.no_grad():
+        ep = torch.export.export(dec, (embeds[:, :4], _mask(3, 4)), dynamic_shapes=({1: T}, {2: T, 3: E}),
+                                 strict=True)
+    torch.testing.assert_close(_ours(ep.module(), embeds, 7), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fp16_cache_stays_close(tiny_model):
+    """The converted cache is fp16 (Core ML state): logits move by fp16 rounding only."""
+    llm = tiny_model.llm
+    torch.manual_seed(3)
+    embeds = torch.randn(1, 8, llm.config.hidden_size)
+    dec = CoreMLTextDecoder(llm, "llama", max_context=32).eval()
+    torch.testing.assert_close(_ours(dec, embeds, 5), _reference(llm, embeds, 5), atol=2e-2, rtol=2e-2)
+
+
+# ---- exported bundles -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(trained_model_dir):
+    return EdgeVLM.from_pretrained(trained_model_dir)
+
+
+@pytest.fixture(scope="module", params=["fp16", "int8", "int4"])
+def exported(request, trained, parity_eval, tmp_path_factory):
+    """(quant, bundle path, the Linux verification record) — one export per scheme for the whole module."""
+    q = request.param
+    out = tmp_path_factory.mktemp("coreml") / q
+    export(trained, ExportConfig("coreml", q, verify_limit=0), out, progress=False)
+    record = coreml.offline_verification(trained, scheme("coreml", q), out, parity_eval, PARITY_LIMIT,
+                                       progress=False)
+    print(q, record)
+    return q, out, record
+
+
+def test_bundle_files_and_manifest(exported, trained):
+    q, out, record = exported
+    bundle = open_bundle(out)
+    fields = bundle.runtime_fields
+    assert {p.name for p in out.iterdir()} == {coreml.VISION_FILE, coreml.DECODER_FILE, "manifest.json",
+                                               "tokenizer.json"}
+    assert fields["target"] == "iOS18" and bundle.max_context == trained.cfg.llm.max_position_embeddings
+    assert list(fields["functions"]) == ["vision_encoder", "token_embedding", "text_decoder"]
+    assert [s["name"] for s in fields["functions"]["text_decoder"]["states"]] == ["k_cache", "v_cache"]
+    assert fields["flexible_dims"] == {"T": [1, bundle.max_context], "E": [1, bundle.max_context]}
+    assert bundle.manifest["quantization"]["name"] == q
+    assert record["skipped"] == "CoreML prediction needs macOS"
+
+
+def test_specs_match_manifest(exported):
+    _, out, record = exported
+    bundle = open_bundle(out)
+    assert record["spec"] == {"vision_encoder": {"inputs": 1, "outputs": 1, "states": 0},
+                              "token_embedding": {"inputs": 1, "outputs": 1, "states": 0},
+                              "text_decoder": {"inputs": 2, "outputs": 1, "states": 2}}
+    fields = copy.deepcopy(bundle.runtime_fields)  # and a manifest that disagrees is caught
+    fields["functions"]["text_decoder"]["states"][0]["dtype"] = "float32"
+    wrong = dataclasses.replace(bundle, manifest={**bundle.manifest, "runtime": fields})
+    with pytest.raises(EdgeVLMError, match="text_decoder.k_cache: type FLOAT16, not float32"):
+        coreml_verify.check_specs(wrong)
+
+
+def test_cache_writes_are_state_slice_updates(exported, trained):
+    """Every layer's K and V write reaches the state as a slice update (an index write would be dropped)."""
+    _, out, _ = exported
+    fn = coreml_verify.load_programs(open_bundle(out))[coreml.DECODER_FILE].functions["text_decoder"]
+    updates = [op for op in fn.operations if op.op_type == "coreml_update_state"]
+    assert len(updates) == 2 * trained.cfg.llm.num_layers
+    assert all(op.value.op.op_type == "slice_update" for op in updates)
+
+
+EXPECTED_WEIGHTS = {  # scheme → function → the compression its large weights got
+    "fp16": {},
+    "int8": {f: "int8 linear symmetric, per channel" for f in ("vision_encoder", "token_embedding", "text_decoder")},
+    "int4": {"vision_encoder": "int8 linear symmetric, per channel",
+             "token_embedding": "int8 linear symmetric, per channel",
+             "text_decoder": "int4 linear symmetric, per block of 32"},
+}
+
+
+def test_weights_are_the_intended_ones(exported):
+    q, _, record = exported
+    for function, counts in record["weights"].items():
+        kinds = set(counts) - {"tensors", "torch_weights_not_in_program", "float16"}
+        assert kinds == ({EXPECTED_WEIGHTS[q][function]} if q != "fp16" else set()), (function, counts)
+        assert counts["tensors"] == counts["float16"] + sum(counts[k] for k in kinds)
+    assert record["weights"]["text_decoder"]["tensors"] == 38  # 4 layers x (7 linears + 2 norms) + norm + head
+
+
+def test_a_changed_weight_is_caught(exported, trained):
+    q, out, _ = exported
+    changed = copy.deepcopy(trained)
+    with torch.no_grad():
+        changed.llm.model.layers[1].mlp.up_proj.weight[3, 5] += 0.05
+    with pytest.raises(EdgeVLMError, match=r"text_decoder: core\.layers\.1\.mlp\.up_proj\.weight"):
+        coreml_verify.compare_weights(changed, scheme("coreml", q), open_bundle(out))
+
+
+def test_torch_program_parity(exported):
+    q, _, record = exported
+    parity = record["torch_program"]
+    assert parity["n"] >= PARITY_LIMIT
+    assert parity["answers_identical"] >= MIN_IDENTICAL[q], parity
+    assert abs(parity["accuracy"] - parity["reference_accuracy"]) <= 1 - MIN_IDENTICAL[q], parity
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="on macOS the CoreML runtime runs")
+def test_runtime_refuses_off_macos(exported, parity_eval, capsys):
+    _, out, _ = exported
+    image = next((parity_eval / "images").iterdir())
+    _fails(["run", "--bundle", str(out), "--image", str(image), "--prompt", "what is this?"], capsys,
+           f"{out}: CoreML prediction needs macOS")
+
+
+def test_causal_mask_carries_the_end_position():
+    m = causal_mask(3, 2)  # positions 3, 4
+    assert m.shape == (1, 1, 2, 5) and m.dtype == np.float32
+    assert (m[0, 0] == 0).tolist() == [[True] * 4 + [False], [True] * 5]
