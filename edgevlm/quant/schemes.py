@@ -36,11 +36,12 @@ def _table(fmt: str, *schemes: Scheme) -> None:
 
 _table(
     "gguf",
-    Scheme("f16", llm="F16", vision="F16", embedding="F16", bits=16),
-    Scheme("q8_0", llm="Q8_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q8_0", bits=8.5),
-    Scheme("q4_0", llm="Q4_0", vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_0", bits=4.5),
-    Scheme("q4_k", llm="Q4_K (per-tensor fallback where rows are not a multiple of 256)",
-           vision="Q8_0 (F16 where rows do not fit)", embedding="Q4_K / fallback", bits=4.5),
+    Scheme("f16", llm="F16", vision="F16 (norms, biases, position embeddings F32)", embedding="F16", bits=16),
+    Scheme("q8_0", llm="Q8_0", vision="Q8_0, F16 where rows do not fit", embedding="Q8_0", bits=8.5),
+    Scheme("q4_0", llm="Q4_0 (llama.cpp's mix: output Q6_K, Q8_0 where rows are not a multiple of 256)",
+           vision="Q8_0, F16 where rows do not fit", embedding="Q4_0", bits=4.5),
+    Scheme("q4_k", llm="Q4_K_M (llama.cpp's mix; Q5_0 / Q8_0 per tensor where rows are not a multiple of 256)",
+           vision="Q8_0, F16 where rows do not fit", embedding="Q4_K / fallback", bits=4.5),
 )
 _table(
     "executorch",

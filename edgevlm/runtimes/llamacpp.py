@@ -1,0 +1,236 @@
+"""The `llama.cpp` runtime: a GGUF bundle (text model + mmproj) run through llama-cpp-python's low-level bindings.
+
+The image goes through llama.cpp's multimodal library (tools/mtmd: `mtmd_tokenize` preprocesses it from the
+mmproj's metadata, `mtmd_encode_chunk` runs tower + projector once per image, `mtmd_helper_decode_image_chunk`
+feeds the embeddings to the LM); the text around it is our own prompt, `template.prompt(question)` split at
+`<image>` with BOS first, tokenized by the bundle's tokenizer.json (whose vocabulary and merges the text GGUF
+carries). Greedy decoding reads llama.cpp's logits. The KV cache is kept in F32 and flash attention off, so that
+an F16 bundle follows PyTorch's float32 arithmetic as closely as llama.cpp allows.
+
+llama.cpp reports problems by returning NULL and logging; its log is collected here (never printed) and the
+last error line goes into the one-line `EdgeVLMError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
+from edgevlm.errors import EdgeVLMError
+from edgevlm.export.bundle import Bundle
+from edgevlm.runtimes.base import Runtime
+
+_WARN, _ERROR, _CONT = 2, 3, 5  # ggml_log_level
+
+
+class _LogCapture:
+    """llama.cpp's log lines (level, text) since the capture began."""
+
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+        self._level = 0
+
+    def add(self, level: int, text: str) -> None:
+        self._level = self._level if level == _CONT else level
+        self.lines.append((self._level, text))
+
+    def text(self, warnings: bool = False) -> str:
+        return "".join(t for lvl, t in self.lines if not warnings or lvl in (_WARN, _ERROR))
+
+    def last_error(self) -> str:
+        errors = [t.strip() for lvl, t in self.lines if lvl == _ERROR and t.strip()]
+        return errors[-1] if errors else ""
+
+
+_capture = _LogCapture()  # the current capture; llama.cpp logs outside `llama_log()` go to a discarded one
+_callback = None
+
+
+def _install_log() -> None:
+    """Route llama.cpp's and mtmd's logs into `_capture` (once per process)."""
+    global _callback
+    if _callback is None:
+        import llama_cpp
+        from llama_cpp import mtmd_cpp
+
+        @llama_cpp.llama_log_callback
+        def on_log(level, text, _user):
+            _capture.add(level, text.decode("utf-8", "replace"))
+
+        _callback = on_log
+        llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_log_set(_callback, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def llama_log() -> Iterator[_LogCapture]:
+    """Collect what llama.cpp logs inside the block."""
+    global _capture
+    _install_log()
+    _capture = _LogCapture()
+    yield _capture
+    _capture = _LogCapture()
+
+
+class LlamaCppRuntime(Runtime):
+    name = "llama.cpp"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None):
+        super().__init__(bundle, threads)
+        try:
+            import llama_cpp
+            from llama_cpp import mtmd_cpp
+        except ImportError:
+            raise EdgeVLMError("GGUF bundles need llama-cpp-python (`scripts/setup` installs it)",
+                               bundle.path) from None
+        self.ll, self.mt = llama_cpp, mtmd_cpp
+        self.model = self.ctx = self.mtmd = None
+        fields = bundle.runtime_fields
+        self._load_text(bundle.file(fields["text_model"]))
+        self._load_mmproj(bundle.file(fields["mmproj"]))
+
+    def _load_text(self, path) -> None:
+        ll = self.ll
+        ll.llama_backend_init()
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        with llama_log() as log:
+            self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise EdgeVLMError(f"llama.cpp cannot load this text model ({log.last_error() or 'no reason given'})",
+                               path)
+        n = self.bundle.max_context
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n
+        if self.threads:
+            cparams.n_threads = cparams.n_threads_batch = self.threads
+        cparams.type_k = cparams.type_v = ll.GGML_TYPE_F32
+        cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.no_perf = True
+        with llama_log() as log:
+            self.ctx = ll.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise EdgeVLMError(f"llama.cpp cannot create a context ({log.last_error()})", path)
+        self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+        self.batch = ll.llama_batch_init(n, 0, 1)
+
+    def _load_mmproj(self, path) -> None:
+        mt = self.mt
+        params = mt.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = False
+        params.warmup = False
+        if self.threads:
+            params.n_threads = self.threads
+        with llama_log() as log:
+            self.mtmd = mt.mtmd_init_from_file(str(path).encode(), self.model, params)
+        if not self.mtmd:
+            raise EdgeVLMError(f"llama.cpp cannot load this mmproj ({log.last_error() or 'no reason given'})", path)
+
+    # ---- one image, many questions -----------------------------------------------------------------------------
+    def generate_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[list[int]]:
+        with self._image_chunk(image) as (chunk, embd):
+            return [self._generate(chunk, embd, self.bundle.prompt_ids(q), max_new_tokens) for q in questions]
+
+    @contextlib.contextmanager
+    def _image_chunk(self, image):
+        """The image as an mtmd chunk, encoded once: (chunk, embeddings (N_img * D,) float32)."""
+        mt, size = self.mt, self.bundle.preprocess.size
+        image = image.convert("RGB")
+        if image.size != (size, size):  # our resize (ImagePreprocess); llama.cpp then only normalizes
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+        bitmap = mt.mtmd_bitmap_init(size, size, pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            chunk = self._tokenize_image(chunks, bitmap)
+            with llama_log() as log:
+                rc = mt.mtmd_encode_chunk(self.mtmd, chunk)
+            if rc != 0:
+                raise EdgeVLMError(f"llama.cpp failed to encode the image ({log.last_error() or rc})",
+                                   self.bundle.path)
+            n = mt.mtmd_input_chunk_get_n_tokens(chunk) * self.ll.llama_model_n_embd(self.model)
+            yield chunk, np.ctypeslib.as_array(mt.mtmd_get_output_embd(self.mtmd), shape=(n,)).copy()
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+            mt.mtmd_bitmap_free(bitmap)
+
+    def _tokenize_image(self, chunks, bitmap):
+        """Tokenize the media marker alone; the first image chunk is the image (the overview, for tiling types)."""
+        mt = self.mt
+        marker = mt.mtmd_default_marker()
+        text = mt.mtmd_input_text(marker, len(marker), False, True)
+        with llama_log() as log:
+            rc = mt.mtmd_tokenize(self.mtmd, chunks, ctypes.byref(text), (mt.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
+        if rc != 0:
+            raise EdgeVLMError(f"llama.cpp failed to preprocess the image ({log.last_error() or rc})",
+                               self.bundle.path)
+        for i in range(mt.mtmd_input_chunks_size(chunks)):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                n = mt.mtmd_input_chunk_get_n_tokens(chunk)
+                if n != self.bundle.image_tokens:
+                    raise EdgeVLMError(f"llama.cpp makes {n} image tokens, the manifest says "
+                                       f"{self.bundle.image_tokens}", self.bundle.path)
+                return chunk
+        raise EdgeVLMError("llama.cpp made no image chunk from the image", self.bundle.path)
+
+    def _generate(self, chunk, embd: np.ndarray, ids: list[int], max_new_tokens: int) -> list[int]:
+        ll, limit, eos = self.ll, self.bundle.max_context, self.bundle.tokenizer.eos_id
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        before, after = ids[:at], ids[at + 1:]
+        if len(ids) - 1 + self.bundle.image_tokens >= limit:
+            raise EdgeVLMError(f"prompt of {len(ids) - 1 + self.bundle.image_tokens} positions does not fit the "
+                               f"bundle's context of {limit}", self.bundle.path)
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        pos = self._decode(before, 0)
+        new_pos = ll.llama_pos(0)
+        with llama_log() as log:
+            rc = self.mt.mtmd_helper_decode_image_chunk(
+                self.mtmd, self.ctx, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), pos, 0,
+                limit, ctypes.byref(new_pos), self.mt.mtmd_helper_post_decode_callback(), None)
+        if rc != 0:
+            raise EdgeVLMError(f"llama.cpp failed to decode the image ({log.last_error() or rc})", self.bundle.path)
+        pos = self._decode(after, new_pos.value)
+        new: list[int] = []
+        while len(new) < max_new_tokens and pos < limit:
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+            tok = int(np.argmax(logits))
+            if tok == eos:
+                break
+            new.append(tok)
+            pos = self._decode([tok], pos)
+        return new
+
+    def _decode(self, ids: list[int], pos: int) -> int:
+        """Run `ids` at positions pos.. (logits for the last one); returns the next position."""
+        b = self.batch
+        b.n_tokens = len(ids)
+        for i, tok in enumerate(ids):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = tok, pos + i, 1, 0
+            b.logits[i] = i == len(ids) - 1
+        if ids and self.ll.llama_decode(self.ctx, b) != 0:
+            raise EdgeVLMError("llama.cpp failed to decode the prompt", self.bundle.path)
+        return pos + len(ids)
+
+    def __del__(self):
+        ll = getattr(self, "ll", None)
+        if ll is None:
+            return
+        if getattr(self, "mtmd", None):
+            self.mt.mtmd_free(self.mtmd)
+        if getattr(self, "ctx", None):
+            ll.llama_batch_free(self.batch)
+            ll.llama_free(self.ctx)
+        if getattr(self, "model", None):
+            ll.llama_model_free(self.model)
+        self.mtmd = self.ctx = self.model = None
+
+
+RUNTIME = LlamaCppRuntime
