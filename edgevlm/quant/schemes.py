@@ -46,10 +46,11 @@ _table(
 _table(
     "executorch",
     Scheme("fp32", llm="fp32", vision="fp32", embedding="fp32", bits=32),
-    Scheme("int8", llm="8da8w (int8 dynamic activations, int8 per-channel weights)", vision="8da8w",
-           embedding="int8 per-channel", bits=8),
-    Scheme("int4", llm="8da4w (int8 dynamic activations, int4 weights, group 32 or 128)", vision="8da8w",
-           embedding="int8 per-channel", bits=5),
+    Scheme("int8", llm="8da8w (int8 dynamic activations, int8 per-channel weights)",
+           vision="8da8w linears (convolutions fp32)", embedding="int8 per row (quantized embedding_byte)", bits=8),
+    Scheme("int4", llm="8da4w, group 128 (32 where 128 does not divide the width; 8da8w where neither does), "
+           "lm_head included", vision="8da8w linears (convolutions fp32)",
+           embedding="int8 per row (quantized embedding_byte)", bits=4.5),
 )
 _table(
     "onnx",

@@ -1,0 +1,209 @@
+"""ExecuTorch export: one `model.pte` carrying the runtime contract, lowered to XNNPACK.
+
+The program follows ExecuTorch's own LLaVA export (examples/models/llava/export_llava.py in the executorch
+repository): three methods, `vision_encoder`, `token_embedding` and `text_decoder` (the KV cache as mutable
+buffers inside the program, a dynamic prefill length), plus the constant metadata methods ExecuTorch's LLM
+runners read (`get_max_seq_len`, `get_eos_ids`, ...). The same file therefore runs in our runtime
+(edgevlm/runtimes/executorch.py) and in `executorch.extension.llm.runner.MultimodalRunner`, the runner behind
+ExecuTorch's Android and iOS demo apps, which calls
+
+- `vision_encoder(image uint8 (1, 3, S, S)) -> (1, N_img, D)`: the runner passes the app's resized RGB bytes
+  unchanged (its `Image` holds uint8 or float data, matched to the method's input dtype), so rescaling and
+  normalization happen inside the program, as in ExecuTorch's LLaVA;
+- `token_embedding(ids int64 (1, T)) -> (1, T, D)`;
+- `text_decoder(embeds (1, T, D), input_pos int64 (1,)) -> logits (1, V)` of the last position (the runner
+  samples from the last row; one row keeps a prefill's output small).
+
+Quantization maps the scheme table (edgevlm/quant/schemes.py) onto torchao's `quantize_` configs that XNNPACK
+runs: 8-bit dynamic activations with int8 (per channel) or int4 (per group) weights for linears, an int8
+per-row embedding table run by ExecuTorch's quantized kernels. Weight-only linear configs are not used: they
+lower to XNNPACK and silently return wrong numbers (shared/stack.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+from torch import nn
+from torch.export import Dim, export
+from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
+from torchao.quantization.granularity import PerAxis, PerGroup
+
+from edgevlm.data.images import ImagePreprocess
+from edgevlm.export.decoder import StaticCacheDecoder
+from edgevlm.quant.schemes import Scheme
+from edgevlm.registry import Registry
+
+PTE = "model.pte"
+METHODS = ("vision_encoder", "token_embedding", "text_decoder")
+INT4_GROUPS = (128, 32)  # 8da4w group size: the first that divides a linear's input width
+
+
+class VisionEncoder(nn.Module):
+    """uint8 RGB (1, 3, S, S) → image embeddings (1, N_img, D): rescale, normalize, tower, projector."""
+
+    def __init__(self, vision: nn.Module, projector: nn.Module, pre: ImagePreprocess):
+        super().__init__()
+        self.vision, self.projector, self.rescale = vision, projector, pre.rescale
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = (image.float() * self.rescale - self.mean) / self.std  # (1, 3, S, S), as ImagePreprocess
+        return self.projector(self.vision(pixels))  # (1, N_img, D)
+
+
+class TokenEmbedding(nn.Module):
+    def __init__(self, table: nn.Embedding):
+        super().__init__()
+        self.table = table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids)  # (1, T, D)
+
+
+class TextDecoder(nn.Module):
+    """`StaticCacheDecoder` returning the last position's logits only."""
+
+    def __init__(self, llm: nn.Module, arch: str, max_context: int):
+        super().__init__()
+        self.decoder = StaticCacheDecoder(llm, arch, max_context)
+
+    def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.decoder(embeds, input_pos)[:, -1]  # (1, V)
+
+
+def contract_modules(model, max_context: int) -> dict[str, nn.Module]:
+    """The three methods over a deep copy of `model`'s parts, so quantizing them leaves `model` untouched."""
+    parts = copy.deepcopy(nn.ModuleDict({"vision": model.vision, "projector": model.projector, "llm": model.llm}))
+    table = parts["llm"].get_input_embeddings()
+    table.padding_idx = None  # a padding index blocks the quantized embedding kernel (stack.md)
+    return {
+        "vision_encoder": VisionEncoder(parts["vision"], parts["projector"], model.preprocess).eval(),
+        "token_embedding": TokenEmbedding(table).eval(),
+        "text_decoder": TextDecoder(parts["llm"], model.cfg.llm.arch, max_context).eval(),
+    }
+
+
+# ---- quantization: scheme name → what each method's modules get ---------------------------------------------
+def _is_linear(m: nn.Module, _: str = "") -> bool:
+    return isinstance(m, nn.Linear)
+
+
+def _linear_8da(bits: int, group: int | None) -> Int8DynamicActivationIntxWeightConfig:
+    """8-bit dynamic activations, `bits`-bit weights per output channel (group None) or per `group` inputs."""
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int8 if bits == 8 else torch.int4,
+        weight_granularity=PerAxis(0) if group is None else PerGroup(group),
+    )
+
+
+def _quant_int8_linears(module: nn.Module) -> None:
+    quantize_(module, _linear_8da(8, None), filter_fn=_is_linear)
+
+
+def _quant_int4_linears(module: nn.Module) -> None:
+    """8da4w with the first group in INT4_GROUPS that divides a linear's input width; 8da8w where none does."""
+    groups = {fqn: next((g for g in INT4_GROUPS if m.in_features % g == 0), None)
+              for fqn, m in module.named_modules() if _is_linear(m)}
+    for group in (*INT4_GROUPS, None):
+        config = _linear_8da(8, None) if group is None else _linear_8da(4, group)
+        quantize_(module, config, filter_fn=lambda m, fqn, g=group: fqn in groups and groups[fqn] == g)
+
+
+def _quant_int8_embedding(module: nn.Module) -> None:
+    """int8 per-row table: a gather of dequantized rows that to_executorch fuses into one quantized kernel."""
+    config = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+    quantize_(module, config, filter_fn=lambda m, _: isinstance(m, nn.Embedding))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """In-place quantizers per method; None keeps fp32."""
+
+    vision_encoder: Callable[[nn.Module], None] | None = None
+    token_embedding: Callable[[nn.Module], None] | None = None
+    text_decoder: Callable[[nn.Module], None] | None = None
+
+
+RECIPES: Registry[Recipe] = Registry("executorch quantization recipe")
+RECIPES.register("fp32")(Recipe())
+RECIPES.register("int8")(Recipe(_quant_int8_linears, _quant_int8_embedding, _quant_int8_linears))
+RECIPES.register("int4")(Recipe(_quant_int8_linears, _quant_int8_embedding, _quant_int4_linears))
+
+
+def quantize(methods: dict[str, nn.Module], scheme: Scheme) -> None:
+    recipe = RECIPES[scheme.name]
+    for name, module in methods.items():
+        quantizer = getattr(recipe, name)
+        if quantizer is not None:
+            quantizer(module)
+
+
+# ---- torch.export → edge → XNNPACK → .pte -------------------------------------------------------------------
+def export_programs(methods: dict[str, nn.Module], image_size: int, hidden: int, max_context: int) -> dict:
+    seq = Dim("seq", min=1, max=max_context)
+    image = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+    ids, embeds, pos = torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, hidden), torch.tensor([0])
+    with torch.no_grad():
+        return {
+            "vision_encoder": export(methods["vision_encoder"], (image,), strict=False),
+            "token_embedding": export(methods["token_embedding"], (ids,), dynamic_shapes=({1: seq},), strict=True),
+            "text_decoder": export(methods["text_decoder"], (embeds, pos), dynamic_shapes=({1: seq}, None),
+                                   strict=True),
+        }
+
+
+def runner_metadata(model, max_context: int) -> dict:
+    """The constant methods ExecuTorch's LLM runners read (extension/llm/runner/constants.h)."""
+    tok = model.tokenizer
+    return {
+        "get_max_seq_len": max_context,
+        "get_max_context_len": max_context,
+        "get_vocab_size": model.cfg.llm.vocab_size,
+        "get_bos_id": tok.bos_id,
+        "get_eos_ids": [tok.eos_id],
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,
+        "enable_dynamic_shape": True,
+    }
+
+
+def lower(programs: dict, metadata: dict) -> bytes:
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+    # quant fusion turns the int8 embedding's dequantize + gather into quantized_decomposed::embedding_byte
+    return edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True)).buffer
+
+
+def write(model, scheme: Scheme, out_dir: Path) -> dict:
+    """Write `model.pte` for `scheme` into `out_dir`; return the manifest's runtime fields."""
+    max_context = model.cfg.llm.max_position_embeddings
+    methods = contract_modules(model, max_context)
+    quantize(methods, scheme)
+    size = model.cfg.vision.image_size
+    programs = export_programs(methods, size, model.cfg.llm.hidden_size, max_context)
+    (out_dir / PTE).write_bytes(lower(programs, runner_metadata(model, max_context)))
+    return {
+        "program": PTE,
+        "backend": "xnnpack",
+        "methods": {
+            "vision_encoder": {"inputs": [f"image uint8 [1,3,{size},{size}] RGB, resized as `image`, 0..255"],
+                               "outputs": [f"image_embeds f32 [1,{model.num_image_tokens},D]"],
+                               "normalizes": "rescale, mean, std of `image` applied inside the program"},
+            "token_embedding": {"inputs": ["input_ids i64 [1,T]"], "outputs": ["embeds f32 [1,T,D]"]},
+            "text_decoder": {"inputs": ["embeds f32 [1,T,D]", "input_pos i64 [1]"],
+                             "outputs": ["logits f32 [1,V] of the last position"],
+                             "kv_cache": "mutable buffers inside the program; positions >= input_pos+T unused"},
+        },
+        "metadata_methods": runner_metadata(model, max_context),
+        "multimodal_runner": "executorch.extension.llm.runner.MultimodalRunner(model.pte, tokenizer.json): pass "
+                             "BOS as a token input (the runner adds none for a tokenizer.json), the text before "
+                             "<image>, the uint8 image, the text after",
+        "max_context": max_context,
+    }

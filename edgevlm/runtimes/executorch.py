@@ -1,0 +1,95 @@
+"""Run an ExecuTorch bundle through ExecuTorch's Python bindings (`executorch.runtime.Runtime`).
+
+The bundle's `model.pte` holds the runtime contract as three methods (edgevlm/export/executorch.py); the KV
+cache lives in `text_decoder`'s mutable buffers, which persist between calls of the loaded method. Every call
+writes its positions before attending to them and attends to nothing later, so a new prompt needs no cache
+clearing: writing from position 0 is a reset (ExecuTorch's own runners do the same).
+
+`vision_encoder` in the program takes the resized RGB image as uint8 (what ExecuTorch's MultimodalRunner
+feeds it) and normalizes inside; `to_uint8` maps the contract's normalized pixels back to those bytes exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgevlm.data.images import ImagePreprocess
+from edgevlm.errors import EdgeVLMError
+from edgevlm.export.bundle import Bundle
+from edgevlm.runtimes.base import ContractRuntime
+
+PTE = "model.pte"
+METHODS = ("vision_encoder", "token_embedding", "text_decoder")
+
+
+def to_uint8(pre: ImagePreprocess, pixels: np.ndarray) -> np.ndarray:
+    """Normalized pixels (1, 3, S, S) from `pre` → the 8-bit levels they came from, (1, 3, S, S) uint8.
+
+    Exact for pixels that `pre` made from an 8-bit image; anything else is not an image the program can take.
+    """
+    mean = np.asarray(pre.mean, dtype=np.float64).reshape(1, 3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float64).reshape(1, 3, 1, 1)
+    levels = (pixels.astype(np.float64) * std + mean) / pre.rescale  # (1, 3, S, S)
+    rounded = np.rint(levels)
+    if np.abs(levels - rounded).max(initial=0) > 1e-2 or rounded.min(initial=0) < 0 or rounded.max(initial=0) > 255:
+        raise EdgeVLMError("pixel values are not this bundle's normalization of an 8-bit RGB image")
+    return np.ascontiguousarray(rounded, dtype=np.uint8)
+
+
+class ExecuTorchRuntime(ContractRuntime):
+    name = "executorch"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None):
+        super().__init__(bundle, threads)
+        import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (stack.md)
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+
+        if threads:
+            _unsafe_reset_threadpool(threads)
+        path = bundle.file(PTE)
+        try:
+            program = Runtime.get().load_program(path)
+            self.methods = {name: program.load_method(name) for name in METHODS}
+        except (RuntimeError, ValueError) as e:
+            raise EdgeVLMError(f"ExecuTorch cannot load the program ({_first_line(e)})", path) from None
+        if None in self.methods.values():
+            missing = [n for n, m in self.methods.items() if m is None]
+            raise EdgeVLMError(f"program lacks the method(s) {', '.join(missing)}", path)
+        self.image_shape = tuple(self.methods["vision_encoder"].metadata.input_tensor_meta(0).sizes())
+
+    def _run(self, name: str, *inputs: torch.Tensor) -> np.ndarray:
+        # the bindings read a tensor's memory in contiguous order whatever its strides: make it so
+        try:
+            return self.methods[name].execute([x.contiguous() for x in inputs])[0].numpy()
+        except RuntimeError as e:
+            raise EdgeVLMError(f"ExecuTorch {name} failed ({_first_line(e)})", self.bundle.file(PTE)) from None
+
+    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
+        if tuple(pixel_values.shape) != self.image_shape:
+            raise EdgeVLMError(f"image of shape {list(pixel_values.shape)}; the program takes "
+                               f"{list(self.image_shape)}", self.bundle.file(PTE))
+        image = torch.from_numpy(to_uint8(self.bundle.preprocess, pixel_values))
+        return self._run("vision_encoder", image)[0]  # (N_img, D)
+
+    def token_embedding(self, ids: np.ndarray) -> np.ndarray:
+        if len(ids) > self.bundle.max_context:  # the program's dynamic length stops there
+            raise EdgeVLMError(f"{len(ids)} tokens do not fit the bundle's context of {self.bundle.max_context}",
+                               self.bundle.path)
+        return self._run("token_embedding", torch.from_numpy(ids[None]))[0]  # (T, D)
+
+    def reset(self) -> None:
+        """Nothing to clear: the next prefill writes from position 0 and attends to nothing beyond."""
+
+    def text_decoder(self, embeds: np.ndarray, start_pos: int) -> np.ndarray:
+        x = torch.from_numpy(embeds[None].astype(np.float32, copy=False))  # (1, T, D)
+        return self._run("text_decoder", x, torch.tensor([start_pos], dtype=torch.int64))[0]  # (V,)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+RUNTIME = ExecuTorchRuntime

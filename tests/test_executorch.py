@@ -1,0 +1,157 @@
+"""ExecuTorch bundles: parity with PyTorch in our runtime, KV-cache decoding inside the .pte, quantized
+accuracy, the same answers from ExecuTorch's own MultimodalRunner, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("executorch")
+
+from edgevlm.cli import main  # noqa: E402
+from edgevlm.data.images import load_image  # noqa: E402
+from edgevlm.data.llava import read_llava  # noqa: E402
+from edgevlm.errors import EdgeVLMError  # noqa: E402
+from edgevlm.export import ExportConfig, export  # noqa: E402
+from edgevlm.export.bundle import open_bundle  # noqa: E402
+from edgevlm.models.vlm import EdgeVLM  # noqa: E402
+from edgevlm.runtimes import load_runtime  # noqa: E402
+from edgevlm.runtimes.executorch import RUNTIME, to_uint8  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """PyTorch's reference generation slows down ~100x with 2 threads on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(trained_model_dir):
+    return EdgeVLM.from_pretrained(trained_model_dir)
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, parity_eval, tmp_path_factory):
+    """quant → its exported bundle (ExportResult), verified on the parity slice; each exported once."""
+    done = {}
+
+    def get(quant: str):
+        if quant not in done:
+            cfg = ExportConfig("executorch", quant, verify_data=parity_eval, verify_limit=200)
+            done[quant] = export(trained, cfg, tmp_path_factory.mktemp("et") / quant, progress=False)
+        return done[quant]
+
+    return get
+
+
+def _records(data_dir, n: int):
+    return read_llava(data_dir)[:n]
+
+
+def _fails(argv, capsys, needle: str) -> str:
+    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
+    assert "Traceback" not in err
+    assert [line for line in lines if "error:" in line] == lines[-1:], err
+    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
+    return lines[-1]
+
+
+def test_fp32_answers_identical_to_pytorch(bundle):
+    r = bundle("fp32")
+    v = r.manifest["verification"]
+    print(f"\nexecutorch fp32: {r.bytes / 1e6:.2f} MB, n={v['n']}, identical {v['answers_identical']}, "
+          f"accuracy {v['accuracy']} (PyTorch {v['reference_accuracy']})")
+    assert v["n"] >= 100 and v["answers_identical"] == 1.0
+    assert set(r.manifest["runtime"]["metadata_methods"]) >= {"get_max_seq_len", "get_eos_ids", "get_bos_id"}
+
+
+@torch.no_grad()
+def test_fp32_logits_and_cached_decoding(bundle, trained, parity_eval):
+    """Image embeddings and logits within 1e-4 of PyTorch; decoding token by token through the program's KV
+    cache equals recomputing the whole sequence, in the program and in PyTorch."""
+    rt = load_runtime(bundle("fp32").path)
+    rec = _records(parity_eval, 1)[0]
+    image = load_image(rec.image)
+    img = rt.encode_image(image)  # (N_img, D)
+    ref_img = trained.encode_image(trained.preprocess(image)[None])[0]
+    np.testing.assert_allclose(img, ref_img.numpy(), atol=1e-4, rtol=0)
+    embeds = rt.prefill_embeds(img, rec.question)  # (T, D)
+    steps = [rt.text_decoder(embeds, 0)]
+    for pos in range(len(embeds), len(embeds) + 6):
+        tok = int(np.argmax(steps[-1]))
+        embeds = np.concatenate([embeds, rt.token_embedding(np.asarray([tok], dtype=np.int64))])
+        steps.append(rt.text_decoder(embeds[pos:], pos))  # one position, the cache holds the rest
+    full = trained.llm(inputs_embeds=torch.from_numpy(embeds)[None]).logits[0].numpy()  # (T + 6, V)
+    np.testing.assert_allclose(np.stack(steps), full[-7:], atol=1e-4, rtol=0)
+    recomputed = [rt.text_decoder(embeds[: len(embeds) - 6 + i], 0) for i in range(7)]
+    np.testing.assert_allclose(np.stack(steps), np.stack(recomputed), atol=1e-5, rtol=0)
+
+
+def test_int8_accuracy_within_one_point(bundle):
+    r = bundle("int8")
+    v = r.manifest["verification"]
+    print(f"\nexecutorch int8: {r.bytes / 1e6:.2f} MB, n={v['n']}, identical {v['answers_identical']}, "
+          f"accuracy {v['accuracy']} (PyTorch {v['reference_accuracy']})")
+    assert v["n"] >= 100 and abs(v["accuracy"] - v["reference_accuracy"]) <= 0.01
+    assert r.bytes < 0.5 * bundle("fp32").bytes
+
+
+def test_int4_accuracy_within_three_points(bundle, trained, trained_model_dir):
+    r = bundle("int4")
+    v = r.manifest["verification"]
+    print(f"\nexecutorch int4: {r.bytes / 1e6:.2f} MB, n={v['n']}, identical {v['answers_identical']}, "
+          f"accuracy {v['accuracy']} (PyTorch {v['reference_accuracy']})")
+    assert v["n"] >= 100 and v["accuracy"] >= v["reference_accuracy"] - 0.03
+    assert r.bytes < bundle("int8").bytes
+    saved = EdgeVLM.from_pretrained(trained_model_dir).state_dict()
+    assert all(torch.equal(t, saved[k]) for k, t in trained.state_dict().items()), "export modified the model"
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_multimodal_runner_gives_the_same_answers(bundle, parity_eval, quant):
+    """ExecuTorch's own multimodal runner (the one behind its Android / iOS demo apps) runs the same .pte with
+    the bundle's tokenizer.json: BOS as a token (it adds none for a tokenizer.json), the text around the image,
+    the image as uint8 RGB."""
+    from executorch.extension.llm.runner import (
+        GenerationConfig, MultimodalRunner, make_image_input, make_text_input, make_token_input)
+
+    path = bundle(quant).path
+    rt = load_runtime(path)
+    runner = MultimodalRunner(str(path / "model.pte"), str(path / "tokenizer.json"))
+    for rec in _records(parity_eval, 8):
+        image = load_image(rec.image)
+        pixels = to_uint8(rt.bundle.preprocess, rt.bundle.preprocess(image).numpy()[None])  # (1, 3, S, S)
+        before, after = rt.bundle.template.prompt(rec.question).split("<image>")
+        inputs = [make_token_input([rt.bundle.tokenizer.bos_id]), make_text_input(before),
+                  make_image_input(torch.from_numpy(pixels)), make_text_input(after)]
+        text = runner.generate_text(inputs, GenerationConfig(echo=False, max_new_tokens=24, temperature=0.0))
+        runner.reset()
+        ours = rt.answer(image, rec.question, max_new_tokens=24)
+        print(f"{quant} runner {text!r} ours {ours!r}")
+        assert text.removesuffix("</s>").strip() == ours
+
+
+def test_bad_input_is_one_line_error(bundle, parity_eval, tmp_path, capsys):
+    path = bundle("fp32").path
+    image = str(_records(parity_eval, 1)[0].image)
+    _fails(["run", "--bundle", str(path), "--image", image, "--prompt", "shape " * 600], capsys, "context of 512")
+    rt = load_runtime(path)
+    with pytest.raises(EdgeVLMError, match=r"the program takes \[1, 3, 336, 336\]"):
+        rt.vision_encoder(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    bad = tmp_path / "truncated"
+    shutil.copytree(path, bad)
+    pte = bad / "model.pte"
+    pte.write_bytes(pte.read_bytes()[: pte.stat().st_size // 2])
+    _fails(["run", "--bundle", str(bad), "--image", image, "--prompt", "what?"], capsys, "truncated")
+    with pytest.raises(EdgeVLMError, match="ExecuTorch cannot load the program"):
+        RUNTIME(open_bundle(bad, check_files=False))
