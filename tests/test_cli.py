@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -11,17 +10,7 @@ import sys
 import pytest
 
 from edgevlm.cli import main
-
-
-def _fails(argv, capsys, needle: str) -> str:
-    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
-    assert main(argv) != 0
-    err = capsys.readouterr().err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    assert "Traceback" not in err
-    assert [line for line in lines if "error:" in line] == lines[-1:], err
-    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
-    return lines[-1]
+from cli_errors import fails as _fails
 
 
 @pytest.fixture

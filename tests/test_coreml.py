@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import platform
-import re
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 ct = pytest.importorskip("coremltools")
 
-from edgevlm.cli import main  # noqa: E402
+from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.errors import EdgeVLMError  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
 from edgevlm.export import coreml, coreml_verify  # noqa: E402
@@ -29,17 +28,6 @@ from edgevlm.runtimes.coreml import causal_mask  # noqa: E402
 
 PARITY_LIMIT = 100  # questions of the parity slice (103: whole images) run through the torch program
 MIN_IDENTICAL = {"fp16": 1.0, "int8": 0.95, "int4": 0.85}  # measured: 1.0, 1.0, 0.96
-
-
-def _fails(argv, capsys, needle: str) -> str:
-    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
-    assert main(argv) != 0
-    err = capsys.readouterr().err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    assert "Traceback" not in err
-    assert [line for line in lines if "error:" in line] == lines[-1:], err
-    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
-    return lines[-1]
 
 
 # ---- the decoder the converter sees ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from PIL import Image
 
 from edgevlm.data import shapes
 from edgevlm.data.llava import read_llava
-from edgevlm.data.shapes import CELL, COLORS, POSITIONS, SHAPES, generate
+from edgevlm.data.shapes import CELL, COLORS, POSITIONS, generate
 
 
 def _answers_from_scene(scene, question: str) -> str:

@@ -3,7 +3,6 @@ accuracy, the same answers from ExecuTorch's own MultimodalRunner, and one-line 
 
 from __future__ import annotations
 
-import re
 import shutil
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 pytest.importorskip("executorch")
 
-from edgevlm.cli import main  # noqa: E402
+from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.data.images import load_image  # noqa: E402
 from edgevlm.data.llava import read_llava  # noqa: E402
 from edgevlm.errors import EdgeVLMError  # noqa: E402
@@ -53,17 +52,6 @@ def bundle(trained, parity_eval, tmp_path_factory):
 
 def _records(data_dir, n: int):
     return read_llava(data_dir)[:n]
-
-
-def _fails(argv, capsys, needle: str) -> str:
-    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
-    assert main(argv) != 0
-    err = capsys.readouterr().err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    assert "Traceback" not in err
-    assert [line for line in lines if "error:" in line] == lines[-1:], err
-    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
-    return lines[-1]
 
 
 def test_fp32_answers_identical_to_pytorch(bundle):

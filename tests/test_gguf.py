@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ pytest.importorskip("llama_cpp")
 
 import gguf  # noqa: E402
 
-from edgevlm.cli import main  # noqa: E402
+from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.config import VisionKind  # noqa: E402
 from edgevlm.data.images import load_image  # noqa: E402
 from edgevlm.data.llava import read_llava  # noqa: E402
@@ -32,17 +31,6 @@ from edgevlm.models.factory import create  # noqa: E402
 from edgevlm.models.presets import tiny_vlm  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402
 from edgevlm.runtimes import load_runtime  # noqa: E402
-
-
-def _fails(argv, capsys, needle: str) -> str:
-    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
-    assert main(argv) != 0
-    err = capsys.readouterr().err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    assert "Traceback" not in err
-    assert [line for line in lines if "error:" in line] == lines[-1:], err
-    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
-    return lines[-1]
 
 
 def _tiny(projector: str, tower: VisionKind = VisionKind.CLIP) -> EdgeVLM:

@@ -9,7 +9,6 @@ once for the quantized ones), so that four exports fit the test budget. Torch ru
 from __future__ import annotations
 
 import copy
-import re
 import shutil
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 
 ort = pytest.importorskip("onnxruntime")
 
-from edgevlm.cli import main  # noqa: E402
+from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.evaluation import evaluate  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
 from edgevlm.export import onnx as onnx_export  # noqa: E402
@@ -29,17 +28,6 @@ from edgevlm.runtimes import load_runtime  # noqa: E402
 
 # scheme → most accuracy (exact match on the parity slice) it may lose against PyTorch
 TOLERANCE = {"fp16": 0.01, "int8": 0.01, "int4": 0.03}
-
-
-def _fails(argv, capsys, needle: str) -> str:
-    """The command fails with one error line (after any progress bar it erased), naming `needle`."""
-    assert main(argv) != 0
-    err = capsys.readouterr().err
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip()]
-    assert "Traceback" not in err
-    assert [line for line in lines if "error:" in line] == lines[-1:], err
-    assert lines[-1].startswith(f"edgevlm {argv[0]}: error: ") and needle in lines[-1], err
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

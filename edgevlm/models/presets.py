@@ -46,5 +46,29 @@ def mobilevlm_v2_tiny() -> VLMConfig:
     return tiny_vlm("mobilevlm", "ldpv2")
 
 
+def mobilevlm(projector: str) -> VLMConfig:
+    """CLIP ViT-L/14-336 + MobileLLaMA-1.4B (hidden 2048, 24 layers, 16 heads, FFN 5632, 32k vocab)."""
+    return VLMConfig(
+        family="mobilevlm",
+        template="vicuna_v1",
+        vision=VisionConfig(),  # the defaults are CLIP ViT-L/14-336's
+        projector=ProjectorConfig(kind=projector),
+        llm=LLMConfig(arch="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=24,
+                      num_heads=16, num_kv_heads=16, max_position_embeddings=2048),
+    )
+
+
+@preset("mobilevlm-1.7b")
+def mobilevlm_1_7b() -> VLMConfig:
+    """mtgv/MobileVLM-1.7B: openai/clip-vit-large-patch14-336 + LDP + mtgv/MobileLLaMA-1.4B-Chat."""
+    return mobilevlm("ldp")
+
+
+@preset("mobilevlm-v2-1.7b")
+def mobilevlm_v2_1_7b() -> VLMConfig:
+    """mtgv/MobileVLM_V2-1.7B: openai/clip-vit-large-patch14-336 + LDPv2 + MobileLLaMA-1.4B-Chat."""
+    return mobilevlm("ldpv2")
+
+
 def get_preset(name: str) -> VLMConfig:
     return PRESETS[name]()
