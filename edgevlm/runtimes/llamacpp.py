@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import time
 from typing import Iterator
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image
 from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export.bundle import Bundle
-from edgevlm.runtimes.base import Runtime
+from edgevlm.runtimes.base import Runtime, Timing
 
 _WARN, _ERROR, _CONT = 2, 3, 5  # ggml_log_level
 
@@ -181,13 +182,40 @@ class LlamaCppRuntime(Runtime):
                 return chunk
         raise EdgeVLMError("llama.cpp made no image chunk from the image", self.bundle.path)
 
+    def profile(self, image, question: str, new_tokens: int) -> Timing:
+        t0 = time.perf_counter()
+        with self._image_chunk(image) as (chunk, embd):
+            t1 = time.perf_counter()
+            ids = self.bundle.prompt_ids(question)
+            pos = self._prefill(chunk, embd, ids, new_tokens)
+            prompt_positions, tok = pos, self._argmax()
+            t2 = time.perf_counter()
+            for _ in range(new_tokens - 1):
+                pos = self._decode([tok], pos)
+                tok = self._argmax()
+            t3 = time.perf_counter()
+        return Timing((t1 - t0) * 1e3, prompt_positions, (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3)
+
     def _generate(self, chunk, embd: np.ndarray, ids: list[int], max_new_tokens: int) -> list[int]:
-        ll, limit, eos = self.ll, self.bundle.max_context, self.bundle.tokenizer.eos_id
+        limit, eos = self.bundle.max_context, self.bundle.tokenizer.eos_id
+        pos = self._prefill(chunk, embd, ids)
+        new: list[int] = []
+        while len(new) < max_new_tokens and pos < limit:
+            tok = self._argmax()
+            if tok == eos:
+                break
+            new.append(tok)
+            pos = self._decode([tok], pos)
+        return new
+
+    def _prefill(self, chunk, embd: np.ndarray, ids: list[int], new_tokens: int = 0) -> int:
+        """Text before the image, the image's embeddings, text after: returns the next position."""
+        ll, limit = self.ll, self.bundle.max_context
         at = ids.index(IMAGE_TOKEN_INDEX)
         before, after = ids[:at], ids[at + 1:]
-        if len(ids) - 1 + self.bundle.image_tokens >= limit:
-            raise EdgeVLMError(f"prompt of {len(ids) - 1 + self.bundle.image_tokens} positions does not fit the "
-                               f"bundle's context of {limit}", self.bundle.path)
+        if len(ids) - 1 + self.bundle.image_tokens + new_tokens >= limit:
+            raise EdgeVLMError(f"prompt of {len(ids) - 1 + self.bundle.image_tokens} positions (+ {new_tokens} "
+                               f"new tokens) does not fit the bundle's context of {limit}", self.bundle.path)
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
         pos = self._decode(before, 0)
         new_pos = ll.llama_pos(0)
@@ -197,16 +225,11 @@ class LlamaCppRuntime(Runtime):
                 limit, ctypes.byref(new_pos), self.mt.mtmd_helper_post_decode_callback(), None)
         if rc != 0:
             raise EdgeVLMError(f"llama.cpp failed to decode the image ({log.last_error() or rc})", self.bundle.path)
-        pos = self._decode(after, new_pos.value)
-        new: list[int] = []
-        while len(new) < max_new_tokens and pos < limit:
-            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
-            tok = int(np.argmax(logits))
-            if tok == eos:
-                break
-            new.append(tok)
-            pos = self._decode([tok], pos)
-        return new
+        return self._decode(after, new_pos.value)
+
+    def _argmax(self) -> int:
+        logits = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+        return int(np.argmax(logits))
 
     def _decode(self, ids: list[int], pos: int) -> int:
         """Run `ids` at positions pos.. (logits for the last one); returns the next position."""
