@@ -46,6 +46,28 @@ def _run_create(a):
 
 
 
+def _add_convert(p):
+    from edgevlm.convert import SOURCES
+
+    p.add_argument("src", type=Path, help="the upstream checkpoint dir (config.json, weights, tokenizer files)")
+    p.add_argument("--from", dest="family", required=True, choices=list(SOURCES), help="the checkpoint's family")
+    p.add_argument("--out", required=True, type=Path, help="model dir to write")
+    p.add_argument("--vision-tower", type=Path, default=None,
+                   help="local dir of the vision tower, when the checkpoint names it by hub id and lacks its weights")
+
+
+@command("convert", "convert an upstream checkpoint (MobileVLM, TinyLLaVA, Bunny, MoE-LLaVA) to a model dir",
+         _add_convert)
+def _run_convert(a):
+    from edgevlm.convert import convert
+
+    model = convert(a.src, a.out, a.family, a.vision_tower)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {a.family} checkpoint {a.src} ({n / 1e6:.2f} M parameters, {model.num_image_tokens} image "
+          f"tokens) to {a.out}")
+
+
+
 def _add_data(p):
     sub = p.add_subparsers(dest="dataset", required=True)
     s = sub.add_parser("shapes", help="generate the embedded `shapes` VQA data set (shared/data-spec.md)")
@@ -75,7 +97,8 @@ def _add_train(p):
     p.add_argument("--stage", choices=["vision", "pretrain", "finetune"], default=d.stage.value,
                    help="vision: warm up a from-scratch tower on shapes cell labels; pretrain: projector only; "
                         "finetune: projector + LLM")
-    p.add_argument("--method", choices=["full", "lora"], default=d.method.value)
+    p.add_argument("--method", choices=["full", "lora", "moe"], default=d.method.value,
+                   help="moe: MoE-LLaVA stage III, upcycle every second LLM FFN into experts, train FFNs + routers")
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--max-steps", type=int, default=d.max_steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -90,6 +113,10 @@ def _add_train(p):
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--keep-adapter", action="store_true", help="save the LoRA adapter instead of merging it")
+    p.add_argument("--experts", type=int, default=d.experts, help="method moe: experts per MoE layer")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="method moe: experts per token")
+    p.add_argument("--aux-loss", type=float, default=d.aux_loss_coef,
+                   help="method moe: coefficient of the load-balancing loss")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this --out")
@@ -104,7 +131,8 @@ def _run_train(a):
                       batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
                       train_vision=a.train_vision, freeze_projector=a.freeze_projector,
                       vision_window=a.vision_window, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-                      keep_adapter=a.keep_adapter, save_every=a.save_every, seed=a.seed)
+                      keep_adapter=a.keep_adapter, experts=a.experts, top_k=a.top_k, aux_loss_coef=a.aux_loss,
+                      save_every=a.save_every, seed=a.seed)
     r = train(a.model, a.data, a.out, cfg, resume=a.resume)
     first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])
     print(f"trained {r.steps} steps in {r.seconds:.1f} s: loss {first:.4f} -> {last:.4f}; model dir {r.out}")
@@ -178,6 +206,9 @@ def _add_export(p):
     p.add_argument("--verify-data", type=Path, default=None,
                    help="LLaVA-format data to verify the bundle on (default: a generated `shapes` eval slice)")
     p.add_argument("--verify-limit", type=int, default=100, help="questions to verify on (0: skip)")
+    p.add_argument("--verify", choices=["accuracy", "smoke"], default="accuracy",
+                   help="accuracy: answers compared with PyTorch; smoke: only load the bundle and generate a few "
+                        "tokens (random-weight real-size models, benchmarks)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads during verification")
 
 
@@ -186,12 +217,15 @@ def _run_export(a):
     from edgevlm.export import ExportConfig, export
     from edgevlm.models.vlm import EdgeVLM
 
-    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads)
+    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify)
     r = export(EdgeVLM.from_pretrained(a.model), cfg, a.out)
     print(f"wrote {a.format} {a.quant} bundle {r.path} ({r.bytes / 1e6:.2f} MB)")
     for name, f in r.manifest["files"].items():
         print(f"  {name:<28} {f['bytes'] / 1e6:10.2f} MB")
     v = r.manifest.get("verification")
+    if v and v.get("mode") == "smoke":
+        print(f"smoke check only (no comparison with PyTorch): generated {v.get('generated_ids', v.get('skipped'))}")
+        return
     if v and "skipped" in v:
         print(f"not run in its runtime: {v['skipped']}; the converted torch program, checked instead:")
         v = v["torch_program"]

@@ -14,6 +14,11 @@ from typing import Any
 from edgevlm.errors import EdgeVLMError
 
 
+# Default answer length for generation everywhere (PyTorch and every runtime). `shapes` captions are 55 tokens
+# of its tokenizer: a lower cap truncates every caption and scores it wrong.
+MAX_NEW_TOKENS = 64
+
+
 class VisionKind(str, enum.Enum):
     CLIP = "clip"
     SIGLIP = "siglip"
@@ -30,6 +35,7 @@ class Stage(str, enum.Enum):
 class Method(str, enum.Enum):
     FULL = "full"
     LORA = "lora"
+    MOE = "moe"  # MoE-LLaVA stage III: upcycle the LLM's FFNs into experts, train the FFNs and routers
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -49,13 +55,19 @@ class VisionConfig:
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"
     feature_layer: int = -2  # LLaVA's mm_vision_select_layer: hidden state fed to the projector
+    # Drop the first output token (LLaVA's "patch" select feature). None: the tower's own rule, i.e. drop CLIP's
+    # class token and keep all of SigLIP's patches. TinyLLaVA_Factory drops token 0 for SigLIP too (728 of 729).
+    drop_first_token: bool | None = None
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
     def __post_init__(self):
         self.kind = VisionKind(self.kind)
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
-        _check(self.image_size % self.patch_size == 0, "vision.image_size must be a multiple of patch_size")
+        if self.drop_first_token is None:
+            self.drop_first_token = self.kind is VisionKind.CLIP
+        # a valid (unpadded) patch convolution: SigLIP-so400m's 384 px in patches of 14 is a 27 x 27 grid
+        _check(self.image_size >= self.patch_size, "vision.image_size must be at least patch_size")
         _check(self.hidden_size % self.num_heads == 0, "vision.hidden_size must divide by num_heads")
         _check(-self.num_layers <= self.feature_layer < 0, "vision.feature_layer must be in [-num_layers, -1]")
 
@@ -66,6 +78,11 @@ class VisionConfig:
     @property
     def num_patches(self) -> int:
         return self.grid**2
+
+    @property
+    def num_features(self) -> int:
+        """Feature tokens the tower hands the projector: the patches, plus CLIP's class token, minus a dropped one."""
+        return self.num_patches + (self.kind is VisionKind.CLIP) - self.drop_first_token
 
     @property
     def layers_used(self) -> int:

@@ -1,37 +1,80 @@
-"""The export-friendly decoder equals the transformers LM it wraps: prefill, cached decode, torch.export."""
+"""The export-friendly decoder equals the transformers LM it wraps, for every LLM architecture edgevlm builds
+(and with MoE-LLaVA's routed layers): prefill, cached decode, torch.export(strict=True), and a batch axis."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from edgevlm.export.decoder import StaticCacheDecoder
+from edgevlm.config import LLMConfig, MoEConfig
+from edgevlm.errors import EdgeVLMError
+from edgevlm.export.decoder import ARCHS, PlainDecoder, StaticCacheDecoder
+from edgevlm.export.onnx import PastPresentDecoder
+from edgevlm.models.llm import build_llm
+from edgevlm.models.moe import upcycle
+
+# arch → the transformers config keys that make the tiny LM exercise what the arch does differently
+ARCH_EXTRA = {
+    "llama": {},
+    "qwen2": {},  # q/k/v biases
+    "phi3": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},  # fused qkv_proj / gate_up_proj
+    "phi": {"partial_rotary_factor": 0.4},  # Phi-2: parallel residual, LayerNorm, gelu_new, biases
+    "stablelm": {"use_qkv_bias": True},  # StableLM-2: LayerNorm, partial rotary 0.25, SwiGLU
+}
+CASES = [*ARCH_EXTRA, "stablelm+moe", "phi+moe", "llama+moe"]
+EXPORT_CASES = [*ARCH_EXTRA, "stablelm+moe"]  # torch.export takes seconds per case: one MoE case is enough
+
+
+def tiny_llm(case: str, seed: int = 0):
+    """A 2-layer, GQA (4 heads, 2 KV heads) LM with every weight perturbed away from its init (zero biases, unit
+    norms would hide mistakes); `+moe` upcycles layer 0 into 4 experts, top-2, each expert perturbed apart."""
+    arch, _, moe = case.partition("+")
+    torch.manual_seed(seed)
+    llm = build_llm(LLMConfig(arch=arch, vocab_size=64, hidden_size=64, intermediate_size=96, num_layers=2,
+                              num_heads=4, num_kv_heads=2, max_position_embeddings=64, extra=ARCH_EXTRA[arch]))
+    if moe:
+        upcycle(llm, MoEConfig(num_experts=4, top_k=2))
+    with torch.no_grad():
+        for p in llm.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return llm.eval()
 
 
 def _reference_logits(llm, embeds):
-    return llm(inputs_embeds=embeds, use_cache=False).logits  # (1, T, V)
+    return llm(inputs_embeds=embeds, use_cache=False).logits  # (B, T, V)
 
 
-def test_static_cache_decoder_equals_reference(tiny_model):
-    llm = tiny_model.llm
+def test_every_llm_arch_has_a_spec():
+    from edgevlm.models.llm import LLM_ARCHS
+
+    assert list(ARCHS) == list(LLM_ARCHS) == sorted(ARCH_EXTRA)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_static_cache_decoder_equals_reference(case):
+    llm = tiny_llm(case)
+    arch = case.split("+")[0]
     torch.manual_seed(1)
     embeds = torch.randn(1, 12, llm.config.hidden_size)
-    ref = _reference_logits(llm, embeds)
-    dec = StaticCacheDecoder(llm, "llama", max_context=32).eval()
     with torch.no_grad():
+        ref = _reference_logits(llm, embeds)
+        dec = StaticCacheDecoder(llm, arch, max_context=32).eval()
         prefill = dec(embeds[:, :9], torch.tensor([0]))
         steps = [dec(embeds[:, t : t + 1], torch.tensor([t])) for t in range(9, 12)]
     torch.testing.assert_close(prefill, ref[:, :9], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(steps, dim=1), ref[:, 9:], atol=1e-5, rtol=1e-5)
 
 
-def test_static_cache_decoder_under_torch_export(tiny_model):
-    llm = tiny_model.llm
+@pytest.mark.parametrize("case", EXPORT_CASES)
+def test_static_cache_decoder_under_torch_export(case):
+    llm = tiny_llm(case)
+    arch = case.split("+")[0]
     torch.manual_seed(2)
     embeds = torch.randn(1, 10, llm.config.hidden_size)
-    ref = _reference_logits(llm, embeds)
-    dec = StaticCacheDecoder(llm, "llama", max_context=32).eval()
+    dec = StaticCacheDecoder(llm, arch, max_context=32).eval()
     seq = torch.export.Dim("seq", min=1, max=31)
     with torch.no_grad():
+        ref = _reference_logits(llm, embeds)
         ep = torch.export.export(dec, (embeds[:, :4], torch.tensor([0])), dynamic_shapes=({1: seq}, None),
                                  strict=True)
         program = ep.module()
@@ -39,3 +82,32 @@ def test_static_cache_decoder_under_torch_export(tiny_model):
         steps = [program(embeds[:, t : t + 1], torch.tensor([t])) for t in range(7, 10)]
     torch.testing.assert_close(prefill, ref[:, :7], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(steps, dim=1), ref[:, 7:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["phi+moe", "phi3"])
+def test_batch_axis_with_past_and_padding(case):
+    """ONNX's past/present decoder on a batch of 2, the second row right-padded by 2: each row equals the
+    reference run on that row alone (the mask hides the padding; a left-padded row's padding queries see no key
+    and turn to NaN under the -inf mask)."""
+    llm = tiny_llm(case)
+    dec = PastPresentDecoder(llm, case.split("+")[0]).eval()
+    torch.manual_seed(3)
+    embeds = torch.randn(2, 6, llm.config.hidden_size)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    positions = torch.arange(6).expand(2, 6)
+    past = [torch.zeros(2, dec.core.num_kv_heads, 0, dec.core.head_dim) for _ in range(2 * dec.core.num_layers)]
+    with torch.no_grad():
+        logits, *_ = dec(embeds, mask, positions, past)  # (2, 6, V)
+        ref0 = _reference_logits(llm, embeds[:1])
+        ref1 = _reference_logits(llm, embeds[1:, :4])
+    torch.testing.assert_close(logits[:1], ref0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1:, :4], ref1, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_settings_are_refused():
+    llm = tiny_llm("phi")
+    llm.config.qk_layernorm = True
+    with pytest.raises(EdgeVLMError, match="does not implement phi with qk_layernorm"):
+        PlainDecoder(llm, "phi")
+    with pytest.raises(EdgeVLMError, match="unknown export decoder architecture 'gpt2'; known: llama, phi"):
+        PlainDecoder(llm, "gpt2")

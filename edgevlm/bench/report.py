@@ -66,3 +66,31 @@ def _accuracy_panel(acc, scored: list[dict]) -> None:
     for r in scored:
         acc.annotate(Path(r["bundle"]).name, (r["bytes_on_disk"] / 1e6, r["accuracy"]), fontsize=7)
     acc.set(xlabel="MB on disk", ylabel="accuracy", title="accuracy vs size")
+
+
+def plot_sweep(report: dict, out: Path) -> None:
+    """Time to first token (image encode + prefill, stacked) against the number of image tokens: a projector
+    sweep, one bundle per token count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(report["results"], key=lambda r: r["image_tokens"])
+    x = [r["image_tokens"] for r in rows]
+    img = [r["image_ms"]["median"] / 1e3 for r in rows]
+    pre = [r["prefill_ms"]["median"] / 1e3 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = [max(x) / 14] * len(x)
+    ax.bar(x, img, width=width, label="image encode")
+    ax.bar(x, pre, width=width, bottom=img, label="prefill")
+    for xi, a, b, r in zip(x, img, pre, rows):
+        ax.annotate(f"{r.get('projector') or Path(r['bundle']).name}\n{a + b:.1f} s", (xi, a + b), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set(xlabel="image tokens", ylabel="time to first token (s)", title="TTFT vs image tokens (projector sweep)",
+           ylim=(0, max(a + b for a, b in zip(img, pre)) * 1.25))
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)

@@ -37,6 +37,8 @@ def measure(req: dict) -> dict:
         "bundle": str(bundle.path),
         "format": bundle.format,
         "scheme": bundle.manifest["quantization"]["name"],
+        "projector": bundle.manifest.get("model", {}).get("projector"),
+        "image_tokens": bundle.image_tokens,
         "runtime": runtime.name,
         "runtime_version": metadata.version(ENGINE_PACKAGES[bundle.format]),
         "bytes_on_disk": sum(f["bytes"] for f in bundle.manifest["files"].values()),
@@ -48,8 +50,10 @@ def measure(req: dict) -> dict:
         "image_ms": summarize([r.image_ms for r in runs]),
         "prefill_ms": summarize([r.prefill_ms for r in runs]),
         "ttft_ms": summarize([r.ttft_ms for r in runs]),
+        "decode_ms": summarize([r.decode_ms for r in runs]),
         "prefill_tok_s": summarize([r.prefill_tokens / r.prefill_ms * 1e3 for r in runs]),
         "decode_tok_s": summarize([r.decode_tokens / r.decode_ms * 1e3 for r in runs]),
+        "split": time_split(runs),
     }
     if req.get("eval"):
         from edgevlm.evaluation import evaluate
@@ -58,6 +62,22 @@ def measure(req: dict) -> dict:
         result["accuracy"], result["eval_n"] = ev.accuracy, ev.n
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return result
+
+
+def time_split(runs: list) -> dict:
+    """Where the time goes, median ms over runs: each phase inside the engine vs around it (Python, data
+    handling, preprocessing), and one decoded token's share of each."""
+    out = {}
+    for phase, total in (("image", "image_ms"), ("prefill", "prefill_ms"), ("decode", "decode_ms")):
+        if not all(phase in r.engine_ms for r in runs):
+            continue
+        out[f"{phase}_engine_ms"] = summarize([r.engine_ms[phase] for r in runs])["median"]
+        out[f"{phase}_outside_ms"] = summarize([getattr(r, total) - r.engine_ms[phase] for r in runs])["median"]
+    n = runs[0].decode_tokens
+    if "decode_engine_ms" in out and n:
+        out["token_engine_ms"] = out["decode_engine_ms"] / n
+        out["token_outside_ms"] = out["decode_outside_ms"] / n
+    return out
 
 
 def main() -> int:

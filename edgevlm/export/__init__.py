@@ -4,11 +4,19 @@ Each format has one module with one entry point, `write(model, scheme, out_dir) 
 manifest fields); `export` wraps it the same way for every format: writes go to a temporary directory, the
 tokenizer and manifest are added, the bundle is run in its runtime against PyTorch, and only then is it
 renamed into place. An interrupted or failed export leaves the previous bundle intact.
+
+Verification (`ExportConfig.verify`) is `accuracy` by default: answers on `shapes` questions compared with
+PyTorch's. A model with random weights (a real-size architecture exported only to measure speed) answers
+nothing meaningful and its PyTorch reference costs minutes per question, so `smoke` instead only checks that
+the bundle loads in its runtime and generates a few in-vocabulary tokens for one image; the manifest records
+which check was made. `verify_limit=0` skips both.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,14 @@ EXPORTER_MODULES = {
 }
 
 
+class VerifyMode(str, enum.Enum):
+    ACCURACY = "accuracy"  # answers compared with PyTorch's on `verify_limit` questions
+    SMOKE = "smoke"  # loads in its runtime and generates SMOKE_TOKENS tokens for one image; no comparison
+
+
+SMOKE_TOKENS = 4
+
+
 @dataclass
 class ExportConfig:
     format: str
@@ -32,9 +48,11 @@ class ExportConfig:
     verify_data: Path | None = None  # LLaVA-format data dir; None: a generated `shapes` eval slice
     verify_limit: int = 100  # questions run in the runtime and in PyTorch; 0 skips verification
     threads: int | None = None
+    verify: VerifyMode = VerifyMode.ACCURACY
 
     def __post_init__(self):
         scheme(self.format, self.quant)  # unknown format or quant raises, listing the known ones
+        self.verify = VerifyMode(self.verify)
 
 
 @dataclass
@@ -57,7 +75,8 @@ def export(model, cfg: ExportConfig, out: str | Path, progress: bool = True) -> 
         manifest = build_manifest(model, cfg.format, s, tmp, fields)
         write_manifest(tmp, manifest)
         if cfg.verify_limit > 0:
-            manifest["verification"] = _verify(writer, model, s, tmp, cfg, progress)
+            check = _smoke if cfg.verify == VerifyMode.SMOKE else _verify
+            manifest["verification"] = check(writer, model, s, tmp, cfg, progress)
             write_manifest(tmp, manifest)
     return ExportResult(Path(out), manifest)
 
@@ -78,4 +97,33 @@ def _verify(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> d
         del runtime  # release file handles before the rename
 
 
-__all__ = ["EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "export"]
+def _smoke(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
+    """Load the bundle in its runtime and generate a few tokens for one `shapes` image: no PyTorch comparison."""
+    if not getattr(writer, "verify_here", lambda: True)():
+        return {"mode": VerifyMode.SMOKE.value, "skipped": "the runtime cannot run on this system"}
+    import tempfile
+
+    from edgevlm.data.images import load_image
+    from edgevlm.data.shapes import write_shapes
+    from edgevlm.errors import EdgeVLMError
+    from edgevlm.runtimes import load_runtime
+
+    with tempfile.TemporaryDirectory() as d:
+        images = write_shapes(Path(d) / "eval", 1, seed=0, split="eval", progress=False) / "images"
+        image = load_image(next(images.iterdir()))
+    t = time.perf_counter()
+    runtime = load_runtime(tmp, threads=cfg.threads)
+    try:
+        loaded = time.perf_counter()
+        ids = runtime.generate_many(image, ["What is in the top left?"], SMOKE_TOKENS)[0]
+        done = time.perf_counter()
+    finally:
+        del runtime  # release file handles before the rename
+    vocab = model.cfg.llm.vocab_size
+    if any(not 0 <= i < vocab for i in ids):
+        raise EdgeVLMError(f"smoke check: the runtime generated ids outside the vocabulary of {vocab}: {ids}", tmp)
+    return {"mode": VerifyMode.SMOKE.value, "data": "shapes eval split, seed 0, 1 image (generated)",
+            "generated_ids": ids, "load_s": round(loaded - t, 2), "generate_s": round(done - loaded, 2)}
+
+
+__all__ = ["EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "VerifyMode", "export"]

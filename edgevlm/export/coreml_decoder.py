@@ -1,4 +1,4 @@
-"""The CoreML-friendly text decoder: `PlainLlama` with its KV cache as state buffers, written by slices.
+"""The CoreML-friendly text decoder: `PlainDecoder` with its KV cache as state buffers, written by slices.
 
 CoreML's stateful models (iOS 18, `ct.StateType`) keep the cache in registered buffers that the traced
 program mutates in place. The start position cannot come from a tensor value (`.item()` does not trace), so,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgevlm.export.decoder import PlainLlama
+from edgevlm.export.decoder import PlainDecoder
 
 
 class CoreMLTextDecoder(nn.Module):
@@ -22,14 +22,14 @@ class CoreMLTextDecoder(nn.Module):
 
     Args:
         llm: the transformers causal LM (weights are shared, not copied).
-        arch: its architecture name (see `PlainLlama`).
+        arch: its architecture name (see `PlainDecoder`).
         max_context: cache positions; E never exceeds it.
         cache_dtype: the state's dtype (CoreML states are fp16; fp32 for exact comparisons in PyTorch).
     """
 
     def __init__(self, llm: nn.Module, arch: str, max_context: int, cache_dtype: torch.dtype = torch.float16):
         super().__init__()
-        self.core = PlainLlama(llm, arch)
+        self.core = PlainDecoder(llm, arch)
         self.max_context = max_context
         self.cache_shape = (self.core.num_layers, 1, self.core.num_kv_heads, max_context, self.core.head_dim)
         self.register_buffer("k_cache", torch.zeros(self.cache_shape, dtype=cache_dtype), persistent=False)

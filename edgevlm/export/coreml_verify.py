@@ -25,6 +25,7 @@ from edgevlm.export.bundle import Bundle, open_bundle
 from edgevlm.export.verify import verify
 from edgevlm.runtimes.base import ContractRuntime
 from edgevlm.runtimes.coreml import NO_PREDICTION, causal_mask
+from edgevlm.config import MAX_NEW_TOKENS
 
 DTYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32"}  # manifest → spec ArrayDataType
 
@@ -215,7 +216,7 @@ class TorchProgramRuntime(ContractRuntime):
         super().__init__(bundle)
         self.programs = programs
 
-    def generate_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[list[int]]:
+    def generate_many(self, image, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
         # TorchScript's profiling executor re-specializes for every new length: off, it is ~10x faster here
         with torch.no_grad(), torch.jit.optimized_execution(False):
             return super().generate_many(image, questions, max_new_tokens)
@@ -236,17 +237,24 @@ class TorchProgramRuntime(ContractRuntime):
 
 
 @torch.no_grad()
-def program_parity(model, bundle: Bundle, weights: dict, data_dir=None, limit: int = 100,
-                   progress: bool = True, threads: int = 1) -> dict:
-    """verify.verify's record for the traced programs (on a copy of `model`) holding the package's weights."""
+def torch_program_runtime(model, bundle: Bundle, weights: dict) -> TorchProgramRuntime:
+    """The traced programs (on a copy of `model`) holding `weights`, the package's dequantized weights."""
     programs = coreml.trace_programs(copy.deepcopy(model))
     for name, program in programs.items():
         for param_name, p in program.named_parameters():  # small ones the converter folded: fp16 as well
             p.copy_(torch.from_numpy(weights[name][param_name]) if param_name in weights[name] else p.half())
+    return TorchProgramRuntime(bundle, programs)
+
+
+@torch.no_grad()
+def program_parity(model, bundle: Bundle, weights: dict, data_dir=None, limit: int = 100,
+                   progress: bool = True, threads: int = 1) -> dict:
+    """verify.verify's record for the traced programs (on a copy of `model`) holding the package's weights."""
+    runtime = torch_program_runtime(model, bundle, weights)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one token at a time is dispatch-bound: extra threads only spin
     try:
-        record = verify(TorchProgramRuntime(bundle, programs), model, data_dir, limit, progress=progress)
+        record = verify(runtime, model, data_dir, limit, progress=progress)
     finally:
         torch.set_num_threads(before)
     return {**record, "weights": "the package's, dequantized", "compute": "float32 (Core ML computes in float16)"}

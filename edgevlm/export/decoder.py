@@ -2,14 +2,25 @@
 
 Exporters (torch.export, the ONNX dynamo exporter, coremltools) need a decoder whose KV cache is explicit:
 a static cache inside the program (ExecuTorch, CoreML state) or past/present tensors (ONNX). transformers'
-forward carries mask and cache machinery the converters trip over (shared/stack.md), so `PlainLlama` restates
-the Llama math (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU) over the *same* modules, with no
-weight copies; `tests/test_export_decoder.py` shows it equals the reference, eager and under torch.export.
-Cache writes are slice assignments: an index write into a CoreML state is silently dropped (stack.md).
+forward carries mask and cache machinery the converters trip over (shared/stack.md), so `PlainDecoder`
+restates the attention (rotary embeddings, partial rotary, grouped-query attention, fused or separate q/k/v)
+and the residual wiring of each LLM architecture edgevlm builds, over the *same* modules, with no weight
+copies: norms and FFNs run as the layer's own `input_layernorm` / `mlp` modules, which export as they are.
+What differs between architectures is one `ArchSpec` row each (`ARCHS`), not branches in the forward.
+`tests/test_export_decoder.py` shows the decoder equals the reference for every architecture, eager and under
+`torch.export(strict=True)`. Cache writes are slice assignments: an index write into a CoreML state is silently
+dropped (stack.md).
+
+MoE layers (edgevlm.models.moe, MoE-LLaVA) run *densely*: every expert on every token, combined with the
+router's top-k renormalised weights scattered into an (…, E) gate that is zero for unselected experts. That
+equals the reference's dropless gather/scatter routing but has static shapes, so it exports to every format;
+it costs E/k times the FFN compute of the MoE layers, which is what the tiny models need (a sparse kernel per
+runtime is the way to real-size speed).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,62 +28,149 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.models.moe import MoE, route
+from edgevlm.registry import Registry
 
-SUPPORTED_ARCHS = ("llama",)
-
-# (layer, k_new, v_new) → (k_all, v_all): how a wrapper stores and reads its cache, (1, H_kv, S, hd) each
+# (layer, k_new, v_new) → (k_all, v_all): how a wrapper stores and reads its cache, (B, H_kv, S, hd) each
 KVUpdate = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class PlainLlama(nn.Module):
-    """The transformers Llama LM's forward on input embeddings, with the cache handled by the caller."""
+@dataclass(frozen=True)
+class ArchSpec:
+    """How one transformers causal-LM family wires a decoder layer (the parts `PlainDecoder` restates).
+
+    Norm kind, activation and biases need no row: the layer's own norm / MLP / Linear modules compute them.
+    """
+
+    parallel_residual: bool | str = False  # x + attn(n(x)) + mlp(n(x)); a str: the config flag that says
+    fused_qkv: bool = False  # one `qkv_proj` (Phi-3) instead of q_proj / k_proj / v_proj
+    out_proj: str = "o_proj"  # the attention's output projection
+    final_norm: str = "norm"  # the norm before the LM head, in `model`
+    unsupported: tuple[str, ...] = ()  # config flags the decoder does not restate: refused when set
+
+    def parallel(self, cfg) -> bool:
+        return getattr(cfg, self.parallel_residual) if isinstance(self.parallel_residual, str) \
+            else self.parallel_residual
+
+
+ARCHS: Registry[ArchSpec] = Registry("export decoder architecture")
+ARCHS.register("llama")(ArchSpec())
+ARCHS.register("qwen2")(ArchSpec(unsupported=("use_sliding_window",)))  # q/k/v biases: the Linear modules'
+ARCHS.register("phi3")(ArchSpec(fused_qkv=True, unsupported=("sliding_window",)))  # gate_up_proj: its mlp's
+ARCHS.register("phi")(ArchSpec(parallel_residual=True, out_proj="dense", final_norm="final_layernorm",
+                               unsupported=("qk_layernorm",)))
+ARCHS.register("stablelm")(ArchSpec(parallel_residual="use_parallel_residual", unsupported=("qk_layernorm",)))
+
+
+def rotary_dims(cfg) -> int:
+    """How many of a head's dims get rotary embeddings (Phi-2: 0.4 of them, StableLM-2: 0.25)."""
+    factor = (getattr(cfg, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
+    return int(head_dim(cfg) * factor)
+
+
+def head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def arch_spec(cfg, arch: str) -> ArchSpec:
+    """The spec of `arch`, after checking that `cfg` uses nothing the decoder does not restate."""
+    spec = ARCHS[arch]
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+    flags = [f for f in spec.unsupported if getattr(cfg, f, None)] + ([f"rope_type={rope}"] if rope != "default"
+                                                                      else [])
+    if flags:
+        raise EdgeVLMError(f"the export decoder does not implement {arch} with {', '.join(flags)}")
+    return spec
+
+
+class PlainDecoder(nn.Module):
+    """The transformers causal LM's forward on input embeddings, with the cache handled by the caller."""
 
     def __init__(self, llm: nn.Module, arch: str):
         super().__init__()
-        if arch not in SUPPORTED_ARCHS:
-            raise EdgeVLMError(f"the export decoder supports {', '.join(SUPPORTED_ARCHS)}, not {arch!r}")
         cfg = llm.config
-        self.layers, self.norm, self.lm_head = llm.model.layers, llm.model.norm, llm.lm_head
-        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.spec = arch_spec(cfg, arch)
+        self.parallel = self.spec.parallel(cfg)
+        self.layers, self.lm_head = llm.model.layers, llm.lm_head
+        self.norm = getattr(llm.model, self.spec.final_norm)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, \
+            head_dim(cfg)
         self.vocab_size, self.num_layers = cfg.vocab_size, cfg.num_hidden_layers
+        self.rotary_dims = rotary_dims(cfg)
         theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
-        inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        dims = torch.arange(0, self.rotary_dims, 2, dtype=torch.float32)
+        self.register_buffer("inv_freq", 1.0 / theta ** (dims / self.rotary_dims), persistent=False)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions[:, None].float() * self.inv_freq[None]  # (T, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
+        """positions (T,) or (B, T) → cos, sin broadcastable to (B, H, T, rotary_dims)."""
+        freqs = positions[..., None].float() * self.inv_freq  # (…, T, rd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[..., None, :, :]  # (…, 1, T, rd)
         return emb.cos(), emb.sin()
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: KVUpdate) -> torch.Tensor:
-        """x (1, T, D) at `positions` (T,); mask (T, S) True where a query may attend → logits (1, T, V)."""
+        """x (B, T, D) at `positions` (T,) or (B, T); mask (T, S) or (B, 1, T, S), True where a query may attend
+        → logits (B, T, V)."""
         cos, sin = self.rope(positions)
-        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))  # (T, S)
+        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))  # mask's shape
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, bias, kv)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            h = layer.input_layernorm(x)
+            attn = self._attention(i, layer.self_attn, h, cos, sin, bias, kv)
+            if self.parallel:
+                x = x + attn + self._ffn(layer.mlp, h)
+            else:
+                x = x + attn
+                x = x + self._ffn(layer.mlp, layer.post_attention_layernorm(x))
         return self.lm_head(self.norm(x))
 
+    def _qkv(self, attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.spec.fused_qkv:
+            return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return attn.qkv_proj(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+
     def _attention(self, i, attn, x, cos, sin, bias, kv: KVUpdate) -> torch.Tensor:
-        T, hd = x.shape[1], self.head_dim
-        q = attn.q_proj(x).view(1, T, self.num_heads, hd).transpose(1, 2)  # (1, H, T, hd)
-        k = attn.k_proj(x).view(1, T, self.num_kv_heads, hd).transpose(1, 2)  # (1, H_kv, T, hd)
-        v = attn.v_proj(x).view(1, T, self.num_kv_heads, hd).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        k, v = kv(i, k, v)  # (1, H_kv, S, hd)
+        B, T, hd = x.shape[0], x.shape[1], self.head_dim
+        q, k, v = self._qkv(attn, x)
+        q = q.view(B, T, self.num_heads, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.num_kv_heads, hd).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = v.view(B, T, self.num_kv_heads, hd).transpose(1, 2)
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        k, v = kv(i, k, v)  # (B, H_kv, S, hd)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = q @ k.transpose(-1, -2) * hd**-0.5 + bias  # (1, H, T, S)
-        out = F.softmax(scores.float(), dim=-1).to(q.dtype) @ v  # (1, H, T, hd)
-        return attn.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * hd))
+        scores = q @ k.transpose(-1, -2) * hd**-0.5 + bias  # (B, H, T, S)
+        out = F.softmax(scores.float(), dim=-1).to(q.dtype) @ v  # (B, H, T, hd)
+        return getattr(attn, self.spec.out_proj)(out.transpose(1, 2).reshape(B, T, self.num_heads * hd))
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate-half rotary embedding on the first `rotary_dims` of each head; the rest pass through."""
+        rd = self.rotary_dims
+        rot = x if rd == self.head_dim else x[..., :rd]
+        half = rd // 2
+        rot = rot * cos + torch.cat([-rot[..., half:], rot[..., :half]], dim=-1) * sin
+        return rot if rd == self.head_dim else torch.cat([rot, x[..., rd:]], dim=-1)
+
+    @staticmethod
+    def _ffn(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return dense_moe(mlp, x) if isinstance(mlp, MoE) else mlp(x)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def dense_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """`moe`'s output with static shapes: all experts on all tokens, weighted by a gate zero off the top-k.
+
+    x (B, T, D) → (B, T, D). The router logits are TopKGate's (fp32 input, fp32 weights), taken on the 3-D
+    input so that every projection stays a batched MatMul (a 2-D one becomes an ONNX Gemm, which onnxruntime's
+    int4 quantizer mishandles) and through the `wg` module, so that exporters can find the router by its module
+    path and keep it unquantized; the routing itself is the reference's `route`.
+    """
+    gate = moe.deepspeed_moe.gate
+    logits = gate.wg(x.float())  # (B, T, E)
+    weights, idx, _ = route(logits.reshape(-1, moe.num_experts), gate.k)  # (S, k) fp32, (S, k)
+    chosen = idx[..., None] == torch.arange(moe.num_experts)  # (S, k, E)
+    combine = (chosen.to(weights.dtype) * weights[..., None]).sum(1).reshape(logits.shape)  # (B, T, E)
+    outs = torch.stack([expert(x) for expert in moe.experts], dim=-2)  # (B, T, E, D)
+    return (combine.to(x.dtype)[..., None] * outs).sum(-2)
 
 
 class StaticCacheDecoder(nn.Module):
@@ -85,7 +183,7 @@ class StaticCacheDecoder(nn.Module):
 
     def __init__(self, llm: nn.Module, arch: str, max_context: int, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.core = PlainLlama(llm, arch)
+        self.core = PlainDecoder(llm, arch)
         self.max_context = max_context
         shape = (self.core.num_layers, 1, self.core.num_kv_heads, max_context, self.core.head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)

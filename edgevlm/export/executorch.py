@@ -43,6 +43,7 @@ from edgevlm.registry import Registry
 PTE = "model.pte"
 METHODS = ("vision_encoder", "token_embedding", "text_decoder")
 INT4_GROUPS = (128, 32)  # 8da4w group size: the first that divides a linear's input width
+ROUTER = "deepspeed_moe.gate.wg"  # an MoE layer's router (edgevlm.models.moe): never quantized
 
 
 class VisionEncoder(nn.Module):
@@ -92,8 +93,10 @@ def contract_modules(model, max_context: int) -> dict[str, nn.Module]:
 
 
 # ---- quantization: scheme name → what each method's modules get ---------------------------------------------
-def _is_linear(m: nn.Module, _: str = "") -> bool:
-    return isinstance(m, nn.Linear)
+def _is_linear(m: nn.Module, fqn: str = "") -> bool:
+    """A linear to quantize: every one but MoE routers, which stay fp32 (a router's output is a discrete choice
+    of experts that rounding flips, and it is E x D weights: nothing to save)."""
+    return isinstance(m, nn.Linear) and not fqn.endswith(ROUTER)
 
 
 def _linear_8da(bits: int, group: int | None) -> Int8DynamicActivationIntxWeightConfig:
@@ -111,7 +114,7 @@ def _quant_int8_linears(module: nn.Module) -> None:
 def _quant_int4_linears(module: nn.Module) -> None:
     """8da4w with the first group in INT4_GROUPS that divides a linear's input width; 8da8w where none does."""
     groups = {fqn: next((g for g in INT4_GROUPS if m.in_features % g == 0), None)
-              for fqn, m in module.named_modules() if _is_linear(m)}
+              for fqn, m in module.named_modules() if _is_linear(m, fqn)}
     for group in (*INT4_GROUPS, None):
         config = _linear_8da(8, None) if group is None else _linear_8da(4, group)
         quantize_(module, config, filter_fn=lambda m, fqn, g=group: fqn in groups and groups[fqn] == g)

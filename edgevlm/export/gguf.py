@@ -1,10 +1,20 @@
 """GGUF export for llama.cpp: the LLM as a text model, the vision tower + projector as an mmproj file.
 
 llama.cpp splits a VLM in two GGUF files (format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
-- `model-<quant>.gguf`: the causal LM as llama.cpp's `llama` architecture, written the way llama.cpp's
-  convert_hf_to_gguf.py writes a transformers Llama: tensor names from the gguf package's name map, q/k rows
-  permuted to llama.cpp's rotary layout, the same hyperparameter keys, the byte-level BPE tokenizer as
-  `gpt2` / `gpt-2`, plus `add_bos_token` and our prompt template as `tokenizer.chat_template`. Quantized
+- `model-<quant>.gguf`: the causal LM as the llama.cpp architecture of its family (`TEXT_ARCHS`: llama, phi2,
+  stablelm, phi3, qwen2), written the way llama.cpp's convert_hf_to_gguf.py writes the transformers model
+  (conversion/{llama,phi,stablelm,qwen}.py): tensor names from the gguf package's name map (Phi-3's fused
+  qkv_proj / gate_up_proj stay fused: llama.cpp's phi3 graph splits them), q/k rows permuted to the rotary
+  layout of llama.cpp's `llama` graph (the others rotate halves, as transformers does), the same hyperparameter
+  keys (layer-norm or RMS-norm epsilon, rotary dims for partial rotary), the byte-level BPE tokenizer as
+  `gpt2` / `gpt-2`, plus `add_bos_token` and our prompt template as `tokenizer.chat_template`.
+  MoE-LLaVA LMs (edgevlm.models.moe) are written where llama.cpp has a graph for them: a Llama body as
+  Mixtral is (`llama` with `ffn_gate_inp` + stacked `ffn_{gate,up,down}_exps`, softmax top-k renormalised,
+  MoE-LLaVA's routing for k >= 2). llama.cpp's llama graph is MoE in every layer or none, so each dense layer
+  is written as E identical copies of its FFN behind an all-zero router: uniform gate, renormalised top-k
+  weights summing to one, output exactly the dense FFN's (at E times that layer's FFN bytes on disk). No
+  llama.cpp MoE graph has a StableLM or Phi-2 layer (LayerNorm, partial rotary; phimoe, qwen2moe, olmoe, …
+  use RMSNorm or do not renormalise), so those are refused in one line. Quantized
   schemes are made by llama.cpp's own quantizer (`llama_model_quantize`, its standard Q8_0 / Q4_0 / Q4_K_M
   mixes) from a float32 file; each tensor it had to give another type because its rows do not fit the type's
   block (Q4_K needs rows that are a multiple of 256) is read from its log into the manifest.
@@ -21,11 +31,14 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import torch
 
 from edgevlm.data.tokenizer import TextTokenizer
 from edgevlm.errors import EdgeVLMError
+from edgevlm.export.decoder import arch_spec, head_dim, rotary_dims
 from edgevlm.export.gguf_vision import clip_projector, write_mmproj
 from edgevlm.models.checkpoint import unique_state
+from edgevlm.models.moe import MoE, decoder_layers
 from edgevlm.registry import Registry
 
 F32, F16, Q8_0 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0
@@ -46,8 +59,29 @@ QUANTS.register("q8_0")(GGUFQuant(FT.MOSTLY_Q8_0, Q8_0))
 QUANTS.register("q4_0")(GGUFQuant(FT.MOSTLY_Q4_0, Q8_0))
 QUANTS.register("q4_k")(GGUFQuant(FT.MOSTLY_Q4_K_M, Q8_0))
 
-# our LLMConfig.arch → the llama.cpp architecture written, and whether q/k get the rotary permutation
-TEXT_ARCHS = {"llama": (gguf.MODEL_ARCH.LLAMA, True)}
+
+
+@dataclass(frozen=True)
+class TextArch:
+    """How one of our LLM architectures is written as a llama.cpp architecture."""
+
+    arch: gguf.MODEL_ARCH
+    rms_norm: bool  # RMSNorm (`layer_norm_rms_epsilon`) or LayerNorm (`layer_norm_epsilon`)
+    activations: tuple[str, ...]  # transformers `hidden_act` values the llama.cpp graph computes (it fixes one)
+    permute_qk: bool = False  # llama's graph rotates interleaved pairs (rope type NORM); the rest halves (NEOX)
+    moe: bool = False  # its graph runs routed experts with MoE-LLaVA's routing
+
+    @property
+    def name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.arch]
+
+
+TEXT_ARCHS: Registry[TextArch] = Registry("LLM architecture for llama.cpp (GGUF)")
+TEXT_ARCHS.register("llama")(TextArch(gguf.MODEL_ARCH.LLAMA, True, ("silu",), permute_qk=True, moe=True))
+TEXT_ARCHS.register("qwen2")(TextArch(gguf.MODEL_ARCH.QWEN2, True, ("silu",)))
+TEXT_ARCHS.register("phi3")(TextArch(gguf.MODEL_ARCH.PHI3, True, ("silu",)))
+TEXT_ARCHS.register("phi")(TextArch(gguf.MODEL_ARCH.PHI2, False, ("gelu_new", "gelu_pytorch_tanh")))  # ggml_gelu: tanh
+TEXT_ARCHS.register("stablelm")(TextArch(gguf.MODEL_ARCH.STABLELM, False, ("silu",)))
 
 
 def write(model, scheme, out_dir: Path) -> dict:
@@ -67,7 +101,7 @@ def write(model, scheme, out_dir: Path) -> dict:
     return {
         "text_model": text,
         "mmproj": mmproj,
-        "architecture": TEXT_ARCHS[model.cfg.llm.arch][0].name.lower(),
+        "architecture": TEXT_ARCHS[model.cfg.llm.arch].name,
         "projector_type": clip_projector(model.cfg).projector_type,
         "text_file_type": q.text_ftype.name,
         "tensor_types": {text: file_tensor_types(out_dir / text), mmproj: vision_types},
@@ -80,10 +114,19 @@ def check_exportable(model) -> None:
     """Refuse, in one line, a model llama.cpp cannot run (before anything is written)."""
     cfg = model.cfg
     if cfg.llm.arch not in TEXT_ARCHS:
-        raise EdgeVLMError(f"GGUF export writes LLM architectures {', '.join(sorted(TEXT_ARCHS))}; "
+        raise EdgeVLMError(f"GGUF export writes LLM architectures {', '.join(TEXT_ARCHS)}; "
                            f"this model's is {cfg.llm.arch!r}")
-    if cfg.moe.num_experts:
-        raise EdgeVLMError("GGUF export does not write MoE LLMs yet")
+    spec, hf = TEXT_ARCHS[cfg.llm.arch], model.llm.config
+    arch_spec(hf, cfg.llm.arch)  # what the export decoder refuses (qk norms, sliding windows) llama.cpp gets wrong too
+    if hf.hidden_act not in spec.activations:
+        raise EdgeVLMError(f"llama.cpp's {spec.name} graph computes {' / '.join(spec.activations)}, this model's "
+                           f"FFN uses {hf.hidden_act!r}")
+    if cfg.moe.num_experts and not spec.moe:
+        raise EdgeVLMError(f"llama.cpp has no MoE graph with a {cfg.llm.arch} layer (its MoE architectures use "
+                           f"RMSNorm or unnormalised top-k); export this MoE model to onnx, executorch or coreml")
+    if cfg.moe.num_experts and cfg.moe.top_k < 2:
+        raise EdgeVLMError("llama.cpp renormalises top-1 routing weights to 1, MoE-LLaVA's top-1 keeps the "
+                           "probability; export this top-1 MoE model to onnx, executorch or coreml")
     clip_projector(cfg)
 
 
@@ -91,19 +134,39 @@ def check_exportable(model) -> None:
 def text_tensors(model) -> dict[str, np.ndarray]:
     """llama.cpp name → float32 array, q/k permuted as convert_hf_to_gguf.py's LlamaModel does."""
     cfg = model.cfg.llm
-    arch, permute = TEXT_ARCHS[cfg.arch]
-    names = gguf.get_tensor_name_map(arch, cfg.num_layers)
+    spec = TEXT_ARCHS[cfg.arch]
+    names = gguf.get_tensor_name_map(spec.arch, cfg.num_layers)
     out = {}
     for key, t in unique_state(model.llm).items():
+        if model.cfg.moe.num_experts and ".mlp." in key:
+            continue  # every layer's FFN is written as experts, below
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise EdgeVLMError(f"LLM tensor {key!r} has no llama.cpp name")
         data = t.float().numpy()
-        if permute and key.endswith("q_proj.weight"):
+        if spec.permute_qk and key.endswith("q_proj.weight"):
             data = rotary_permute(data, cfg.num_heads)
-        elif permute and key.endswith("k_proj.weight"):
+        elif spec.permute_qk and key.endswith("k_proj.weight"):
             data = rotary_permute(data, cfg.num_kv_heads)
         out[name] = data
+    if model.cfg.moe.num_experts:
+        out.update(expert_tensors(model.llm, model.cfg.moe.num_experts))
+    return out
+
+
+def expert_tensors(llm, num_experts: int) -> dict[str, np.ndarray]:
+    """Each layer's router (E, D) and stacked SwiGLU experts (E, F, D) / (E, D, F), Mixtral's layout in llama.cpp;
+    a dense layer as `num_experts` copies of its FFN behind a zero router (see the module docstring)."""
+    T, out = gguf.MODEL_TENSOR, {}
+    for i, layer in enumerate(decoder_layers(llm)):
+        mlp = layer.mlp
+        experts = list(mlp.experts) if isinstance(mlp, MoE) else [mlp] * num_experts
+        router = mlp.deepspeed_moe.gate.wg.weight if isinstance(mlp, MoE) else \
+            torch.zeros(num_experts, llm.config.hidden_size)
+        out[gguf.TENSOR_NAMES[T.FFN_GATE_INP].format(bid=i) + ".weight"] = router.detach().float().numpy()
+        for proj, tensor in (("gate_proj", T.FFN_GATE_EXP), ("up_proj", T.FFN_UP_EXP), ("down_proj", T.FFN_DOWN_EXP)):
+            stacked = torch.stack([getattr(e, proj).weight.detach().float() for e in experts])  # (E, out, in)
+            out[gguf.TENSOR_NAMES[tensor].format(bid=i) + ".weight"] = stacked.numpy()
     return out
 
 
@@ -113,8 +176,8 @@ def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_text_model(model, path: Path, f16: bool) -> None:
-    cfg = model.cfg.llm
-    w = gguf.GGUFWriter(str(path), TEXT_ARCHS[cfg.arch][0].name.lower())
+    cfg, spec = model.cfg.llm, TEXT_ARCHS[model.cfg.llm.arch]
+    w = gguf.GGUFWriter(str(path), spec.name)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(f"edgevlm {model.cfg.family} LM")
     w.add_block_count(cfg.num_layers)
@@ -124,17 +187,23 @@ def write_text_model(model, path: Path, f16: bool) -> None:
     w.add_head_count(cfg.num_heads)
     w.add_head_count_kv(cfg.num_kv_heads)
     w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    head_dim = cfg.hidden_size // cfg.num_heads
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
+    if spec.rms_norm:
+        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    else:
+        w.add_layer_norm_eps(cfg.rms_norm_eps)
+    hd = head_dim(model.llm.config)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(rotary_dims(model.llm.config))
+    if model.cfg.moe.num_experts:
+        w.add_expert_count(model.cfg.moe.num_experts)
+        w.add_expert_used_count(model.cfg.moe.top_k)
     w.add_file_type(FT.MOSTLY_F16 if f16 else FT.ALL_F32)
     w.add_vocab_size(cfg.vocab_size)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_tokenizer(w, model.tokenizer, cfg.vocab_size, model.template.chat_template())
     for name, data in text_tensors(model).items():
-        matrix = data.ndim >= 2 and not name.endswith("_norm.weight")
+        matrix = data.ndim >= 2 and not name.endswith(("_norm.weight", "ffn_gate_inp.weight"))  # router: F32
         qtype = F16 if f16 and matrix else F32
         w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     w.write_header_to_file()

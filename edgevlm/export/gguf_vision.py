@@ -4,8 +4,10 @@ Keys are clip.cpp's `clip.*` / `clip.vision.*`; tower tensors are named by the g
 (`v.patch_embd`, `v.blk.N.attn_q`, …, as convert_hf_to_gguf.py names them), projector tensors by the table
 below (`mm.*`, following clip.cpp's loader and tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py).
 Which graph runs is fixed by the projector type:
-- `mlp`, `ldp`, `ldpv2` run clip.cpp's llava graph: CLIP with its class token and pre-layernorm; MobileVLM's
-  LDP / LDPv2 graphs hard-code a 24 x 24 patch grid.
+- `mlp`, `ldp`, `ldpv2` run clip.cpp's llava graph (tools/mtmd/models/llava.cpp): CLIP with its class token and
+  pre-layernorm, dropped after the tower; `mlp` also after a SigLIP tower (no class token, no pre-layernorm,
+  every patch kept: Bunny's 27 x 27 = 729 at 384 px). MobileVLM's LDP / LDPv2 graphs hard-code a 24 x 24 grid.
+  TinyLLaVA's rule of dropping SigLIP's first patch (728 tokens) has no clip.cpp switch, so it is refused.
 - `idefics3` runs the SigLIP graph (no class token) and then pixel shuffle + one linear.
 Only the tower blocks that LLaVA's feature layer uses are written, and no post-layernorm: the llava graph is
 told the feature layer explicitly (`clip.vision.feature_layer`), the SigLIP graph runs every block it is given.
@@ -35,7 +37,7 @@ class ClipProjector:
     """How one of our projectors is written for clip.cpp."""
 
     projector_type: str  # clip.projector_type
-    tower: VisionKind  # the tower whose graph clip.cpp runs for this type
+    towers: tuple[VisionKind, ...]  # the towers clip.cpp's graph for this type runs
     renames: tuple[tuple[str, str], ...]  # our state-dict prefix → clip.cpp tensor prefix
     grid: int | None = None  # the patch grid the graph hard-codes, if any
 
@@ -47,13 +49,14 @@ class ClipProjector:
 
 
 CLIP_PROJECTORS: Registry[ClipProjector] = Registry("projector for llama.cpp (GGUF)")
-CLIP_PROJECTORS.register("mlp2x_gelu")(ClipProjector("mlp", VisionKind.CLIP, (("projector.mlp.", "mm."),)))
-CLIP_PROJECTORS.register("ldp")(ClipProjector("ldp", VisionKind.CLIP, (("projector.", "mm.model."),), grid=24))
+CLIP_PROJECTORS.register("mlp2x_gelu")(ClipProjector("mlp", (VisionKind.CLIP, VisionKind.SIGLIP),
+                                                     (("projector.mlp.", "mm."),)))
+CLIP_PROJECTORS.register("ldp")(ClipProjector("ldp", (VisionKind.CLIP,), (("projector.", "mm.model."),), grid=24))
 CLIP_PROJECTORS.register("ldpv2")(ClipProjector(
-    "ldpv2", VisionKind.CLIP, (("projector.mlp.mlp.", "mm.model.mlp."), ("projector.peg.peg.", "mm.model.peg.")),
+    "ldpv2", (VisionKind.CLIP,), (("projector.mlp.mlp.", "mm.model.mlp."), ("projector.peg.peg.", "mm.model.peg.")),
     grid=24))
 CLIP_PROJECTORS.register("pixel_shuffle")(ClipProjector(
-    "idefics3", VisionKind.SIGLIP, (("projector.proj.", "mm.model.fc."),)))
+    "idefics3", (VisionKind.SIGLIP,), (("projector.proj.", "mm.model.fc."),)))
 
 
 def clip_projector(cfg: VLMConfig) -> ClipProjector:
@@ -62,9 +65,15 @@ def clip_projector(cfg: VLMConfig) -> ClipProjector:
         raise EdgeVLMError(f"llama.cpp has no projector type for {cfg.projector.kind!r}; GGUF export supports "
                            f"projectors {', '.join(CLIP_PROJECTORS)} (or export to onnx / executorch / coreml)")
     proj = CLIP_PROJECTORS[cfg.projector.kind]
-    if cfg.vision.kind is not proj.tower:
+    if cfg.vision.kind not in proj.towers:
         raise EdgeVLMError(f"llama.cpp runs projector {cfg.projector.kind!r} ({proj.projector_type}) after a "
-                           f"{proj.tower.value} tower, this model's tower is {cfg.vision.kind.value}")
+                           f"{' or '.join(t.value for t in proj.towers)} tower, this model's tower is "
+                           f"{cfg.vision.kind.value}")
+    if cfg.vision.drop_first_token != (cfg.vision.kind is VisionKind.CLIP):
+        kept = "all patches" if cfg.vision.kind is VisionKind.SIGLIP else "the patches, not the class token"
+        raise EdgeVLMError(f"llama.cpp hands the projector {kept} of a {cfg.vision.kind.value} tower; this model "
+                           f"{'drops' if cfg.vision.drop_first_token else 'keeps'} the first token "
+                           f"({cfg.vision.num_features} features); export it to onnx, executorch or coreml")
     if proj.grid is not None and cfg.vision.grid != proj.grid:
         raise EdgeVLMError(f"llama.cpp's {proj.projector_type} graph needs a {proj.grid}x{proj.grid} patch grid, "
                            f"this tower has {cfg.vision.grid}x{cfg.vision.grid}")
@@ -168,7 +177,7 @@ def _write_keys(w: gguf.GGUFWriter, cfg: VLMConfig, proj: ClipProjector, f16: bo
     w.add_float32("clip.vision.attention.layer_norm_epsilon", v.layer_norm_eps)
     w.add_array("clip.vision.image_mean", list(v.image_mean))
     w.add_array("clip.vision.image_std", list(v.image_std))
-    if proj.tower is VisionKind.CLIP:
+    if proj.projector_type != "idefics3":  # the llava graph
         # the llava graph otherwise runs block_count - 1 blocks; say outright that all written ones are used
         w.add_array("clip.vision.feature_layer", [v.layers_used])
     if proj.projector_type == "idefics3":

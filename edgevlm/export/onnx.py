@@ -31,7 +31,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from edgevlm.export.decoder import PlainLlama, _rotate
+from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
 from edgevlm.runtimes.onnxruntime import graph_io
 
@@ -39,33 +39,12 @@ OPSET = 20
 WEIGHTS = "weights.bin"
 GRAPH_FILES = {"vision": "vision.onnx", "embedding": "embedding.onnx", "decoder": "decoder.onnx"}
 PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
+ROUTER = "deepspeed_moe.gate.wg"  # module path of an MoE router, in the exporter's node metadata
+ROUTER_NODE = "router/"  # name prefix export_graphs gives the routers' nodes (the metadata is stripped after)
 INLINE_BYTES, ALIGN = 1024, 64  # smaller tensors stay inside the graph; offsets in weights.bin 64-byte aligned
 
 
 # ---- the graphs ---------------------------------------------------------------------------------------------------
-class BatchedLlama(PlainLlama):
-    """PlainLlama with a batch axis: positions (B, T), q/k/v (B, H, T, hd); same weights, same math."""
-
-    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
-        return emb.cos(), emb.sin()
-
-    def _attention(self, i, attn, x, cos, sin, bias, kv) -> torch.Tensor:
-        B, T, hd = x.shape[0], x.shape[1], self.head_dim
-        q = attn.q_proj(x).view(B, T, self.num_heads, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = attn.k_proj(x).view(B, T, self.num_kv_heads, hd).transpose(1, 2)  # (B, H_kv, T, hd)
-        v = attn.v_proj(x).view(B, T, self.num_kv_heads, hd).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        k, v = kv(i, k, v)  # (B, H_kv, S, hd)
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = q @ k.transpose(-1, -2) * hd**-0.5 + bias  # (B, H, T, S)
-        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v  # (B, H, T, hd)
-        return attn.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * hd))
-
-
 class PastPresentDecoder(nn.Module):
     """(inputs_embeds, attention_mask, position_ids, *past) → (logits, *present); present = past ++ new k/v.
 
@@ -75,7 +54,7 @@ class PastPresentDecoder(nn.Module):
 
     def __init__(self, llm: nn.Module, arch: str):
         super().__init__()
-        self.core = BatchedLlama(llm, arch)
+        self.core = PlainDecoder(llm, arch)
 
     def forward(self, inputs_embeds, attention_mask, position_ids, past: list[torch.Tensor]):
         P, T = past[0].shape[2], inputs_embeds.shape[1]
@@ -133,9 +112,17 @@ def export_graphs(model) -> dict[str, onnx.ModelProto]:
                                         output_names=outputs, dynamic_shapes=dynamic, verbose=False)
             graphs[name] = program.model_proto
     for graph in graphs.values():
+        _mark_routers(graph.graph)
         _strip_debug_info(graph.graph)
     _name_total_axis(graphs["decoder"])
     return graphs
+
+
+def _mark_routers(graph: onnx.GraphProto) -> None:
+    """Name the nodes the exporter traced inside an MoE router's module (see `router_nodes`)."""
+    for node in graph.node:
+        if any(m.key == "namespace" and f"{ROUTER}:" in m.value for m in node.metadata_props):
+            node.name = ROUTER_NODE + node.name
 
 
 def _strip_debug_info(graph: onnx.GraphProto) -> None:
@@ -179,8 +166,13 @@ def to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
     return half.model
 
 
+def router_nodes(graph: onnx.ModelProto) -> list[str]:
+    """MatMuls of MoE routers (edgevlm.models.moe), which stay float: rounding a router flips expert choices."""
+    return [n.name for n in graph.graph.node if n.name.startswith(ROUTER_NODE)]
+
+
 def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx.ModelProto:
-    """MatMul → MatMulInteger with int8 weights per output channel.
+    """MatMul → MatMulInteger with int8 weights per output channel (`nodes`, or all but routers).
 
     Per-tensor weights lost a point on `shapes` (quickstart model, 103-question slice: 0.427 vs PyTorch 0.437);
     per-channel lost none.
@@ -190,7 +182,8 @@ def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx
     with tempfile.TemporaryDirectory() as tmp, quiet():
         out = Path(tmp) / "q.onnx"
         quantize_dynamic(graph, out, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_quantize=nodes,
-                         weight_type=QuantType.QInt8, use_external_data_format=True)
+                         nodes_to_exclude=router_nodes(graph), weight_type=QuantType.QInt8,
+                         use_external_data_format=True)
         return onnx.load(out)
 
 
@@ -204,7 +197,7 @@ def int4_block32(graph: onnx.ModelProto) -> onnx.ModelProto:
 
     head = [n.name for n in graph.graph.node if n.op_type == "MatMul" and "logits" in n.output]
     quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=32, is_symmetric=True, accuracy_level=4,
-                                     nodes_to_exclude=head)
+                                     nodes_to_exclude=head + router_nodes(graph))
     with quiet():
         quantizer.process()
     return dynamic_int8(quantizer.model.model, nodes=head) if head else quantizer.model.model

@@ -77,7 +77,7 @@ def write_config(model, out_dir: Path, head_dim: int) -> dict:
     write_json(out_dir / TOKENIZER_CONFIG, {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.tok.id_to_token(tok.bos_id),
         "eos_token": tok.tok.id_to_token(tok.eos_id), "pad_token": tok.tok.id_to_token(tok.pad_id),
-        "add_bos_token": False,  # the caller adds BOS, as our runtimes do
+        "add_bos_token": tok.add_bos,  # read by genai's tokenizer and by edgevlm's (TextTokenizer.load)
     })
     return {"config": CONFIG, "decoder": TEXT_GRAPH, "tokenizer_config": TOKENIZER_CONFIG,
             "scope": "text only: input_ids in, no image"}

@@ -22,6 +22,7 @@ from edgevlm.models.checkpoint import load_weights, read_weights, save_weights, 
 from edgevlm.models.llm import build_llm
 from edgevlm.models.projectors import build_projector, projector_tokens
 from edgevlm.models.vision import VisionTower
+from edgevlm.config import MAX_NEW_TOKENS
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
@@ -44,7 +45,7 @@ class EdgeVLM(nn.Module):
     # ---- the runtime contract -------------------------------------------------------------------------------
     @property
     def num_image_tokens(self) -> int:
-        return projector_tokens(self.cfg.projector, self.cfg.vision.num_patches)
+        return projector_tokens(self.cfg.projector, self.cfg.vision.num_features)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → image embeddings (B, N_img, D_llm)."""
@@ -76,7 +77,7 @@ class EdgeVLM(nn.Module):
         self,
         image_embeds: torch.Tensor,
         prompt: list[int],
-        max_new_tokens: int = 48,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         use_cache: bool = True,
@@ -128,7 +129,12 @@ class EdgeVLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "EdgeVLM":
         path = require_dir(path, "model directory")
-        cfg = VLMConfig.from_dict(read_json(path / CONFIG))
+        raw = read_json(path / CONFIG)
+        if "vision" not in raw:  # not ours: an upstream checkpoint dir (MobileVLM, TinyLLaVA, Bunny, ...)?
+            from edgevlm.convert import load
+
+            return load(path)
+        cfg = VLMConfig.from_dict(raw)
         tokenizer = TextTokenizer.load(path / TOKENIZER)
         tensors = read_weights(path / WEIGHTS)
         model = cls(cfg, tokenizer)

@@ -8,15 +8,17 @@ only implements them. llama.cpp brings its own multimodal loop and implements `g
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export.bundle import Bundle
+from edgevlm.config import MAX_NEW_TOKENS
 
 
 @dataclass
@@ -28,6 +30,9 @@ class Timing:
     prefill_ms: float  # prompt through the decoder, up to the first token's logits
     decode_tokens: int  # tokens generated after the first one
     decode_ms: float
+    # of each phase, the time spent inside the engine's own calls (ONNX session runs, ExecuTorch method
+    # executions, llama.cpp's decode / mtmd calls); the rest of a phase is Python and data handling around them
+    engine_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ttft_ms(self) -> float:
@@ -45,18 +50,32 @@ class Runtime(ABC):
     def __init__(self, bundle: Bundle, threads: int | None = None):
         self.bundle = bundle
         self.threads = threads
+        self.engine_s = 0.0  # seconds inside engine calls so far (`in_engine`): what profile() splits out
+
+    @contextlib.contextmanager
+    def in_engine(self):
+        """Count the enclosed engine call's time in `engine_s` (two clock reads: ~0.1 us)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.engine_s += time.perf_counter() - t
+
+    def engine_split(self, marks: list[float]) -> dict[str, float]:
+        """Engine milliseconds of the image, prefill and decode phases, from `engine_s` read at their bounds."""
+        return {phase: (b - a) * 1e3 for phase, a, b in zip(("image", "prefill", "decode"), marks, marks[1:])}
 
     @abstractmethod
-    def generate_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[list[int]]:
+    def generate_many(self, image, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
         """Greedy answer token ids (EOS excluded) for each question about one PIL image."""
 
     def decode(self, ids: list[int]) -> str:
         return self.bundle.tokenizer.decode(ids).strip()
 
-    def answer_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+    def answer_many(self, image, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         return [self.decode(ids) for ids in self.generate_many(image, questions, max_new_tokens)]
 
-    def answer(self, image, question: str, max_new_tokens: int = 48) -> str:
+    def answer(self, image, question: str, max_new_tokens: int = MAX_NEW_TOKENS) -> str:
         return self.answer_many(image, [question], max_new_tokens)[0]
 
     def profile(self, image, question: str, new_tokens: int) -> Timing:
@@ -95,7 +114,7 @@ class ContractRuntime(Runtime):
         after = self.token_embedding(np.asarray(ids[at + 1 :], dtype=np.int64))
         return np.concatenate([before, image_embeds.astype(before.dtype), after])
 
-    def generate_many(self, image, questions: list[str], max_new_tokens: int = 48) -> list[list[int]]:
+    def generate_many(self, image, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
         image_embeds = self.encode_image(image)
         return [self.generate_from(self.prefill_embeds(image_embeds, q), max_new_tokens) for q in questions]
 
@@ -117,9 +136,11 @@ class ContractRuntime(Runtime):
         return new
 
     def profile(self, image, question: str, new_tokens: int) -> Timing:
+        e = [self.engine_s]
         t0 = time.perf_counter()
         image_embeds = self.encode_image(image)
         t1 = time.perf_counter()
+        e.append(self.engine_s)
         embeds = self.prefill_embeds(image_embeds, question)
         if len(embeds) + new_tokens > self.bundle.max_context:
             raise EdgeVLMError(f"{len(embeds)} prompt positions + {new_tokens} new tokens exceed the bundle's "
@@ -127,7 +148,10 @@ class ContractRuntime(Runtime):
         self.reset()
         tok = int(np.argmax(self.text_decoder(embeds, 0)))
         t2 = time.perf_counter()
+        e.append(self.engine_s)
         for pos in range(len(embeds), len(embeds) + new_tokens - 1):
             tok = int(np.argmax(self.text_decoder(self.token_embedding(np.asarray([tok], dtype=np.int64)), pos)))
         t3 = time.perf_counter()
-        return Timing((t1 - t0) * 1e3, len(embeds), (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3)
+        e.append(self.engine_s)
+        return Timing((t1 - t0) * 1e3, len(embeds), (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3,
+                      self.engine_split(e))

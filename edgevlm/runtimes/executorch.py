@@ -61,8 +61,11 @@ class ExecuTorchRuntime(ContractRuntime):
 
     def _run(self, name: str, *inputs: torch.Tensor) -> np.ndarray:
         # the bindings read a tensor's memory in contiguous order whatever its strides: make it so
+        inputs = [x.contiguous() for x in inputs]
         try:
-            return self.methods[name].execute([x.contiguous() for x in inputs])[0].numpy()
+            with self.in_engine():
+                out = self.methods[name].execute(inputs)[0]
+            return out.numpy()
         except RuntimeError as e:
             raise EdgeVLMError(f"ExecuTorch {name} failed ({_first_line(e)})", self.bundle.file(PTE)) from None
 

@@ -89,11 +89,15 @@ class OnnxRuntime(ContractRuntime):
         self.reset()
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        out = self.sessions["vision"].run(["image_embeds"], {"pixel_values": pixel_values.astype(np.float32)})
+        pixels = pixel_values.astype(np.float32)
+        with self.in_engine():
+            out = self.sessions["vision"].run(["image_embeds"], {"pixel_values": pixels})
         return out[0][0]  # (N_img, D)
 
     def token_embedding(self, ids: np.ndarray) -> np.ndarray:
-        return self.sessions["embedding"].run(["inputs_embeds"], {"input_ids": ids[None]})[0][0]  # (T, D)
+        with self.in_engine():
+            out = self.sessions["embedding"].run(["inputs_embeds"], {"input_ids": ids[None]})
+        return out[0][0]  # (T, D)
 
     def reset(self) -> None:
         self.past = [ort.OrtValue.ortvalue_from_numpy(self.empty) for _ in self.past_names]
@@ -111,7 +115,8 @@ class OnnxRuntime(ContractRuntime):
             io.bind_ortvalue_input(name, value)
         for name in ["logits", *self.present_names]:
             io.bind_output(name, "cpu")
-        session.run_with_iobinding(io)
+        with self.in_engine():
+            session.run_with_iobinding(io)
         logits, *self.past = io.get_outputs()
         return logits.numpy()[0, -1]  # (V,)
 

@@ -23,6 +23,9 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     keep_adapter: bool = False
+    experts: int = 4  # method moe: experts per MoE layer (MoE-LLaVA: 4)
+    top_k: int = 2  # method moe: experts per token (MoE-LLaVA: 2)
+    aux_loss_coef: float = 0.01  # method moe: weight of the summed load-balancing losses (MoE-LLaVA: 0.01)
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end)
     seed: int = 0
 
@@ -31,6 +34,9 @@ class TrainConfig:
         _check(self.epochs > 0 or self.max_steps > 0, "train needs epochs > 0 or max_steps > 0")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(not (self.method is Method.LORA and self.stage is not Stage.FINETUNE), "LoRA applies to finetune")
+        _check(not (self.method is Method.MOE and self.stage is not Stage.FINETUNE), "MoE-tuning applies to finetune")
+        _check(1 <= self.top_k <= self.experts, "top_k must be in [1, experts]")
+        _check(self.aux_loss_coef >= 0, "aux_loss_coef must be >= 0")
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

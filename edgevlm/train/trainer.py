@@ -19,17 +19,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edgevlm.config import Method, Stage
+from edgevlm.config import Method, MoEConfig, Stage
 from edgevlm.data.llava import read_llava
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir, write_json
 from edgevlm.models.checkpoint import read_weights, save_weights, load_weights, unique_state
+from edgevlm.models import moe
 from edgevlm.models.vlm import EdgeVLM
 from edgevlm.train import lora
 from edgevlm.train.config import TrainConfig
 from edgevlm.train.images import ImageTable
 from edgevlm.train.packing import IGNORE, PackedImage, build_batch, pack
-from edgevlm.train.warmup import CellHead, cell_loss, encode_windows, object_windows, window_loss
+from edgevlm.train.warmup import CellHead, cell_loss, encode_windows, object_windows, window_cells, window_loss
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Trainer:
             self.head.to(self.device)
         else:
             self.items = self._qa_items(records, {p: i for i, p in enumerate(paths)})
+        if cfg.method is Method.MOE:
+            self._upcycle()
         self._set_trainable()
         self.features = None if self._tower_trains else self._cache_features()
 
@@ -76,6 +79,19 @@ class Trainer:
     @property
     def _tower_trains(self) -> bool:
         return self.cfg.stage is Stage.VISION or (self.cfg.stage is Stage.FINETUNE and self.cfg.train_vision)
+
+    def _upcycle(self) -> None:
+        """MoE-LLaVA stage III starts from a dense model: its FFNs become experts (a MoE model continues)."""
+        cfg, mcfg = self.cfg, self.model.cfg
+        want = MoEConfig(num_experts=cfg.experts, top_k=cfg.top_k, aux_loss_coef=cfg.aux_loss_coef)
+        if mcfg.moe.num_experts:
+            if (mcfg.moe.num_experts, mcfg.moe.top_k) != (cfg.experts, cfg.top_k):
+                raise EdgeVLMError(f"the model already has {mcfg.moe.num_experts} experts, top-{mcfg.moe.top_k}; "
+                                   f"--experts {cfg.experts} --top-k {cfg.top_k} do not match")
+            mcfg.moe.aux_loss_coef = cfg.aux_loss_coef
+            return
+        moe.upcycle(self.model.llm, want)
+        mcfg.moe = want
 
     def _set_trainable(self) -> None:
         m, cfg = self.model, self.cfg
@@ -89,6 +105,11 @@ class Trainer:
             if cfg.method is Method.LORA:
                 for n, p in m.llm.named_parameters():
                     p.requires_grad_("lora_" in n)
+            elif cfg.method is Method.MOE:  # MoE-LLaVA's train_modules: every FFN (experts or dense) + routers
+                m.projector.requires_grad_(False)
+                m.llm.requires_grad_(False)
+                for layer in moe.decoder_layers(m.llm):
+                    layer.mlp.requires_grad_(True)
             else:
                 m.llm.requires_grad_(True)
 
@@ -151,8 +172,10 @@ class Trainer:
             labels = torch.tensor([item[-1] for item in batch], device=self.device)
             if self.cfg.vision_window:
                 pixels = self.images.batch(keys, self.device)
-                embeds = encode_windows(self.model, pixels, [item[1] for item in batch], self.cfg.vision_window)
-                loss, acc = window_loss(self.head, embeds, labels)
+                windows = [item[1] for item in batch]
+                embeds = encode_windows(self.model, pixels, windows, self.cfg.vision_window)
+                cells = window_cells(windows, self.cfg.vision_window, self.model.cfg.vision.grid, embeds.shape[1])
+                loss, acc = window_loss(self.head, embeds, labels, cells)
             else:
                 loss, acc = cell_loss(self.head, self._image_embeds(keys), labels)
             return loss, {"acc": acc}
@@ -160,7 +183,12 @@ class Trainer:
         targets = inputs.pop("targets")
         logits = self.model.llm(**inputs, use_cache=False).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
-        return loss, {}
+        layers = moe.moe_modules(self.model)
+        if not layers:
+            return loss, {}
+        # MoE-LLaVA: LM loss + coef * sum of the layers' load-balancing losses; stats: aux, token share per expert
+        loss = loss + self.model.cfg.moe.aux_loss_coef * sum(m.aux_loss for m in layers)
+        return loss, moe.routing_stats(self.model)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def total_steps(self) -> int:
@@ -241,7 +269,7 @@ class Trainer:
             raise EdgeVLMError("--resume: no checkpoint to resume from", checkpoint_root(self.out))
         ck = ckpts[-1]
         meta = json.loads((ck / "trainer.json").read_text())
-        if meta["config"] != self.cfg.to_dict():
+        if _saved_config(meta["config"]) != self.cfg.to_dict():
             raise EdgeVLMError("--resume: the checkpoint was made with a different training config", ck)
         tensors = read_weights(ck / "weights.safetensors")
         head = {k[len("_head."):]: tensors.pop(k) for k in list(tensors) if k.startswith("_head.")}
@@ -253,6 +281,14 @@ class Trainer:
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         return meta["step"], meta["losses"]
+
+
+def _saved_config(saved: dict) -> dict | None:
+    """A checkpoint's training config, with defaults for the fields added since it was written."""
+    try:
+        return TrainConfig(**saved).to_dict()
+    except (TypeError, EdgeVLMError):
+        return None
 
 
 def train(model_dir: str | Path, data_dir: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False,
