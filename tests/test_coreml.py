@@ -90,6 +90,49 @@ def test_fp16_cache_stays_close(tiny_model):
     torch.testing.assert_close(_ours(dec, embeds, 5), _reference(llm, embeds, 5), atol=2e-2, rtol=2e-2)
 
 
+def _convert(module, shape) -> "ct.models.MLModel":
+    """A tiny traced module → an fp16 iOS 18 ML Program, the token axis (1) flexible."""
+    flex = tuple(ct.RangeDim(1, 64, default=1) if i == 1 else d for i, d in enumerate(shape))
+    with torch.no_grad():
+        program = torch.jit.trace(module.eval(), (torch.randn(shape),))
+    return ct.convert(program, inputs=[ct.TensorType(name="x", shape=flex, dtype=np.float32)],
+                      minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT16,
+                      skip_model_load=True)
+
+
+@pytest.mark.parametrize("size", [300, 500])  # below / above the size where the converter's underflow rule stops
+def test_fp16_cast_is_the_converters(size):
+    """A bias with values that round to fp16 zero (SigLIP's N(0, 1e-6) init) is stored as `fp16` says."""
+    linear = torch.nn.Linear(8, size)
+    with torch.no_grad():
+        linear.bias.normal_(0, 1e-6, generator=torch.Generator().manual_seed(0))
+        linear.bias[:4] = torch.tensor([1e-8, -1e-8, 0.0, -0.0])
+    bias = linear.bias.detach().numpy()
+    assert (bias.astype(np.float16)[bias != 0] == 0).sum() >= 4  # the case: nonzero values lost to IEEE rounding
+    consts = coreml_verify.package_constants(_convert(linear, (1, 4, 8))._mil_program.functions["main"])
+    stored = [c["value"] for c in consts.values() if "value" in c and np.size(c["value"]) == size]
+    assert len(stored) == 1
+    assert np.array_equal(stored[0].view(np.uint16), coreml_verify.fp16(bias).view(np.uint16))
+
+
+def test_moe_routing_converts_over_a_flexible_token_count():
+    """The routing of the export decoder's dense MoE converts (a scalar scatter over the tokens did not)."""
+    from edgevlm.export.decoder import dense_moe
+    from edgevlm.models.moe import MoE
+
+    class DenseMoE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.moe = MoE(16, torch.nn.Linear(16, 16), num_experts=4, k=2)
+
+        def forward(self, x):
+            return dense_moe(self.moe, x)
+
+    mlmodel = _convert(DenseMoE(), (1, 5, 16))
+    ops = {op.op_type for op in mlmodel._mil_program.functions["main"].operations}
+    assert "reduce_argmax" in ops and not any(o.startswith("scatter") for o in ops), ops
+
+
 # ---- exported bundles -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(trained_model_dir):

@@ -4,9 +4,9 @@ coremltools predicts only on macOS (shared/stack.md), so on Linux a bundle is ch
 1. `check_specs`: each saved package loads as a spec; it is an ML Program of specification version 9
    (iOS 18); every function's inputs, outputs and states have the manifest's names, shapes, ranges and types.
 2. `compare_weights`: every weight constant in the saved MIL program (read back from `weight.bin`) equals what
-   the scheme intends for the torch weight it came from: the fp16 value, or, for compressed ones, the int8 /
-   int4 data and scales that coremltools' own quantizer (`compute_qparams_by_dtype`) gives with the intended
-   blocks, and their dequantization.
+   the scheme intends for the torch weight it came from: its fp16 cast (`fp16`, with the converter's underflow
+   rule), or, for compressed ones, the int8 / int4 data and scales that coremltools' own quantizer
+   (`compute_qparams_by_dtype`) gives with the intended blocks, and their dequantization.
 3. `program_parity`: the traced programs handed to `ct.convert`, with the package's dequantized weights loaded
    in, run greedily in PyTorch over an eval slice (`verify.verify`) against the EdgeVLM.
 """
@@ -127,8 +127,26 @@ def package_constants(function) -> dict[str, dict]:
     return {name.removesuffix("_to_fp16"): c for name, c in out.items()}
 
 
+# coremltools' fp16 cast keeps, in a constant of fewer than this many elements, a nonzero value that rounds to
+# zero as the smallest fp16 subnormal of its sign, so that an epsilon stays nonzero (passes/defs/quantization.py,
+# `FP16ComputePrecision._check_underflow_to_zero`); SigLIP's N(0, 1e-6) FFN biases have such values
+FP16_UNDERFLOW_KEPT_BELOW = 400
+
+
+def fp16(weight: np.ndarray) -> np.ndarray:
+    """A float32 weight as the converter's fp16 cast stores it: IEEE rounding, with coremltools' underflow rule."""
+    half = weight.astype(np.float16)
+    if weight.size < FP16_UNDERFLOW_KEPT_BELOW:
+        tiny = np.nextafter(np.float16(0), np.float16(1))
+        lost = (half == 0) & (np.abs(weight) > np.nextafter(np.float32(0), np.float32(1)))
+        half = np.where(lost, np.copysign(tiny, weight).astype(np.float16), half)
+    return half
+
+
 def intended(weight: np.ndarray, quant) -> dict:
-    """What the scheme means for one fp16 weight: itself, or coremltools' quantization with our blocks."""
+    """What the scheme means for one float32 weight: its fp16 cast, or coremltools' quantization of that with
+    our blocks."""
+    weight = fp16(weight)
     if quant is None or weight.size <= coreml.WEIGHT_THRESHOLD:
         return {"value": weight}
     from coremltools.converters.mil.mil import types
@@ -164,8 +182,7 @@ def compare_weights(model, scheme, bundle: Bundle, programs: dict | None = None)
         counts = {"tensors": len(pairs), "torch_weights_not_in_program": len(params) - len(pairs), "float16": 0}
         dequantized[name] = {}
         for const_name, param_name in pairs.items():
-            want = intended(params[param_name].astype(np.float16).reshape(_shape(consts[const_name])),
-                            parts.get(f["part"]))
+            want = intended(params[param_name].reshape(_shape(consts[const_name])), parts.get(f["part"]))
             _require_equal(consts[const_name], want, f"{name}: {param_name}", bundle.path / f["file"])
             kind = "float16" if "value" in want else parts[f["part"]].describe()
             counts[kind] = counts.get(kind, 0) + 1

@@ -66,12 +66,16 @@ def route(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def _top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     """Repeated argmax: like torch.topk, but exact ties go to the lower expert index (torch.topk leaves the
-    order of ties unspecified; argmax, DeepSpeed's top-2 and ONNX TopK take the first)."""
+    order of ties unspecified; argmax, DeepSpeed's top-2 and ONNX TopK take the first).
+
+    A pick is struck out by a mask of equality with the expert ids, not by scattering a scalar: coremltools 9
+    cannot convert a scalar scatter over a flexible token count ("Cannot add const (is0, 1)")."""
+    experts = torch.arange(probs.shape[-1], device=probs.device)  # (E,)
     picks, rest = [], probs
     for _ in range(k):
         i = rest.argmax(-1)  # (S,)
         picks.append(i)
-        rest = rest.scatter(-1, i[:, None], -1.0)  # probabilities are >= 0
+        rest = rest.masked_fill(experts == i[:, None], -1.0)  # (S, E); probabilities are >= 0
     return torch.stack(picks, -1)
 
 
