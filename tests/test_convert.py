@@ -299,7 +299,7 @@ def test_wrong_family_and_unknown_layout(bunny, tmp_path, capsys):
           "is not a tinyllava checkpoint")
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(EdgeVLMError, match="neither an edgevlm model nor a known upstream layout"):
+    with pytest.raises(EdgeVLMError, match="neither an edgevlm model config nor a known upstream layout"):
         EdgeVLM.from_pretrained(tmp_path / "x")
 
 
