@@ -118,6 +118,8 @@ def _add_train(p):
     p.add_argument("--aux-loss", type=float, default=d.aux_loss_coef,
                    help="method moe: coefficient of the load-balancing loss")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help="bf16 autocast: auto = on CUDA only; bf16 = also on CPU (fast with AVX512-BF16 / AMX)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this --out")
 
@@ -132,7 +134,7 @@ def _run_train(a):
                       train_vision=a.train_vision, freeze_projector=a.freeze_projector,
                       vision_window=a.vision_window, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
                       keep_adapter=a.keep_adapter, experts=a.experts, top_k=a.top_k, aux_loss_coef=a.aux_loss,
-                      save_every=a.save_every, seed=a.seed)
+                      save_every=a.save_every, precision=a.precision, seed=a.seed)
     r = train(a.model, a.data, a.out, cfg, resume=a.resume)
     first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])
     print(f"trained {r.steps} steps in {r.seconds:.1f} s: loss {first:.4f} -> {last:.4f}; model dir {r.out}")

@@ -103,11 +103,14 @@ def test_object_windows_cover_their_objects():
     for _, _, scene, _ in generate(30, seed=4, split="train"):
         scenes = {"x": [None if o is None else o.__dict__ for o in scene]}
         wins = object_windows(scenes, patch=14, grid=24, window=10)["x"]
-        objs = [(p, o) for p, o in enumerate(scene) if o]
-        assert len(wins) == len(objs)
-        for (r0, c0, label), (pos, o) in zip(wins, objs):
-            top, left = (pos // 2) * CELL + o.y, (pos % 2) * CELL + o.x
+        assert len(wins) == 4  # one per cell, empty cells included
+        for pos, ((r0, c0, label), o) in enumerate(zip(wins, scene)):
             assert 0 <= r0 <= 14 and 0 <= c0 <= 14
+            if o is None:
+                assert shapes.CELL_CLASSES[label] == "nothing"
+                assert (r0 * 14 // CELL, c0 * 14 // CELL) == (pos // 2, pos % 2)  # starts in its own cell
+                continue
+            top, left = (pos // 2) * CELL + o.y, (pos % 2) * CELL + o.x
             # a window of 140 px holds the whole object (120 px at most) unless clipped at the image edge
             assert r0 * 14 <= top + 10 and top + o.size <= (r0 + 10) * 14 + 10
             assert c0 * 14 <= left + 10 and left + o.size <= (c0 + 10) * 14 + 10

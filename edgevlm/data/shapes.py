@@ -9,6 +9,7 @@ runtime and quantization is measured on the same task.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,12 +181,14 @@ def write_shapes(out: str | Path, n_images: int, seed: int = 0, split: str = "tr
 
     out = Path(out)
     records, scenes = [], {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(2) as pool:  # PNG encoding releases the GIL: overlap it
         (tmp / "images").mkdir()
         items = generate(n_images, seed, split)
+        saved = []
         for image_id, pixels, scene, qas in tqdm(items, total=n_images, desc=f"shapes {split}", disable=not progress):
             rel = f"images/{image_id}.png"
-            Image.fromarray(pixels).save(tmp / rel)
+            # lossless at any level; level 1 encodes 4x faster than the default 6
+            saved.append(pool.submit(Image.fromarray(pixels).save, tmp / rel, compress_level=1))
             scenes[image_id] = [None if o is None else o.__dict__ for o in scene]
             for kind, question, answer in qas:
                 records.append({
@@ -197,6 +200,8 @@ def write_shapes(out: str | Path, n_images: int, seed: int = 0, split: str = "tr
                         {"from": "gpt", "value": answer},
                     ],
                 })
+        for f in saved:
+            f.result()  # re-raises a failed write
         write_json(tmp / "data.json", records)
         write_json(tmp / "scenes.json", {"split": split, "seed": seed, "scenes": scenes})
     return out

@@ -21,7 +21,8 @@ from edgevlm.errors import EdgeVLMError
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 PLACEHOLDER = "<unused{}>"  # padding tokens, named by their id (as convert_hf_to_gguf.py's `[PAD{id}]`)
 IMAGE_TOKEN_INDEX = -200  # LLaVA's placeholder id: never a vocabulary id, replaced by image embeddings
-SHAPES_VOCAB = 384
+SHAPES_VOCAB = 448  # the smallest BPE vocabulary that makes every `shapes` word one token (384 split
+# words into letters: a caption took 44 tokens instead of 24, and the LLM spelt instead of answering)
 # Beside tokenizer.json when the special tokens are not <s> </s> <pad> or no BOS is added (upstream tokenizers,
 # e.g. Phi-2's <|endoftext|>): Hugging Face's own file name and keys, so transformers reads the pair as well.
 SPECIALS_FILE = "tokenizer_config.json"

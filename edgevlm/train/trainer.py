@@ -52,6 +52,15 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), i.e. whether bf16 autocast speeds it up."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: Apple silicon and others, leave fp32
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 class Trainer:
     def __init__(self, model: EdgeVLM, data_dir: str | Path, out: str | Path, cfg: TrainConfig,
                  progress: bool = True, head_from: Path | None = None):
@@ -158,7 +167,8 @@ class Trainer:
         return torch.cat(chunks)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        on = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     # ---- one step -------------------------------------------------------------------------------------------
     def _image_embeds(self, keys: list[int]) -> torch.Tensor:
