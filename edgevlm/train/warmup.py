@@ -30,6 +30,11 @@ from edgevlm.data.shapes import CELL, CELL_CLASSES, CellObject
 POSITION_CODE = 4.0  # see position_loss
 
 
+def rms_normalised(tokens: torch.Tensor) -> torch.Tensor:
+    """Each token scaled to unit RMS, as the LLM's first RMSNorm sees it (before its learnt gain)."""
+    return tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
 class CellHead(nn.Module):
     """Attention pooling (HEADS heads over RMS-normalised tokens), then a linear classifier into CELL_CLASSES.
     (Tried and dropped: extra heads for the class's factors, what and colour, meant to help "How many circles";
@@ -44,7 +49,7 @@ class CellHead(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., n, D) → (..., HEADS * D)."""
-        r = tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6)
+        r = rms_normalised(tokens)
         weights = self.score(r).softmax(-2)  # (..., n, HEADS)
         return (weights.transpose(-1, -2) @ r).flatten(-2)
 
@@ -80,7 +85,7 @@ def position_loss(embeds: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     and the LLM then cannot learn to find "the top left" in minutes; with this code it can (measured on oracle
     tokens: position lookups learnt within the same 600 steps that content lookups take). `cells` (B, N) holds
     each token's cell, -100 for tokens to ignore."""
-    r = embeds * torch.rsqrt(embeds.float().pow(2).mean(-1, keepdim=True) + 1e-6)  # (B, N, D)
+    r = rms_normalised(embeds.float())  # (B, N, D)
     keep = cells >= 0
     c = cells[keep]
     target = torch.stack([1 - 2 * (c // 2), 1 - 2 * (c % 2)], -1).to(r.dtype) * POSITION_CODE  # (n, 2)
