@@ -57,10 +57,8 @@ GGUF / ONNX file; estimated from the parameter count for ExecuTorch); KV-cache r
 
 
 # why a bundle is missing from the table (the bench step measures every bundle under bundles/)
-NOT_MEASURED = ("ExecuTorch int4 was exported (`runs/bench-real/not-benched/executorch-int4`, 996 MB) but its bench "
-                "did not finish one warm-up and three runs within 15 minutes on these 2 cores, so it was moved out "
-                "of `bundles/` and the rest measured without it; on the tiny model its decode is also the slowest "
-                "(66 tok/s against llama.cpp's 4000, README). Where its time goes at this size is still to measure.")
+NOT_MEASURED = ("The bench step measures every bundle under `bundles/`: a bundle missing here was not exported "
+                "or its bench failed (`run.log` under the work dir says which).")
 
 
 def machine_section(main: dict, w) -> str:
@@ -76,9 +74,8 @@ def machine_section(main: dict, w) -> str:
 - date: {main['date']}; edgevlm {main['edgevlm_version']}, commit {main['git_commit']} (plus the working tree)
 - load (`uptime`) before the bench: `{before}`; after: `{after}`
 
-No other job ran during the bench: the load average counts the bench's own threads (and, in the minute before,
-the bundle it had to stop: see "Not measured"). Numbers move by a few percent between runs; the ratios between
-bundles measured in the same run are the more reliable part."""
+No other job ran during the bench: the load average counts the bench's own threads. Numbers move by a few
+percent between runs; the ratios between bundles measured in the same run are the more reliable part."""
 
 
 def commands_section(a) -> str:
@@ -186,7 +183,7 @@ def split_section(main: dict, vision: dict | None) -> str:
 
 
 def et_ops_section(r: dict) -> str:
-    c, (e, o) = r["config"], (r["variants"]["edgevlm"], r["variants"]["custom_ops"])
+    c, (e, o) = r["config"], (r["variants"]["slice_cache"], r["variants"]["custom_ops"])
     return "\n".join([
         f"ExecuTorch text decoder, {c['layers']} real-width MobileLLaMA layers + the 32000-row head, 8da4w, "
         f"context {c['context']}, {c['threads']} threads, a {c['prompt']}-position prompt then {c['steps']} decoded "
@@ -194,8 +191,8 @@ def et_ops_section(r: dict) -> str:
         "the two rows ran one after the other):", "",
         "| decoder | prefill ms | ms per decoded token | export + lowering s | .pte MB |", "|---|---:|---:|---:|---:|",
         *[f"| {name} | {v['prefill_ms']:.0f} | {v['token_ms']:.1f} | {v['export_s']:.0f} | {v['pte_mb']:.1f} |"
-          for name, v in (("edgevlm (slice-assigned static cache, masked attention over the context)", e),
-                          ("llama::update_cache + llama::custom_sdpa", o))],
+          for name, v in (("slice-assigned static cache, masked attention over the context (before)", e),
+                          ("llama::update_cache + llama::custom_sdpa (TextDecoder, now)", o))],
         "", f"Decode {e['token_ms'] / o['token_ms']:.2f}× faster with ExecuTorch's custom ops; prefill "
         f"{e['prefill_ms'] / o['prefill_ms']:.2f}×."])
 

@@ -143,3 +143,23 @@ def test_bad_input_is_one_line_error(bundle, parity_eval, tmp_path, capsys):
     _fails(["run", "--bundle", str(bad), "--image", image, "--prompt", "what?"], capsys, "truncated")
     with pytest.raises(EdgeVLMError, match="ExecuTorch cannot load the program"):
         RUNTIME(open_bundle(bad, check_files=False))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])  # multi-head and grouped-query attention
+@torch.no_grad()
+def test_custom_ops_decoder_equals_the_llm(kv_heads):
+    """The text_decoder on llama::update_cache / custom_sdpa, eager: a prefill, then one position at a time
+    through its cache, equals the transformers LM on the whole sequence."""
+    from edgevlm.config import LLMConfig
+    from edgevlm.export.executorch import TextDecoder
+    from edgevlm.models.llm import build_llm
+
+    torch.manual_seed(0)
+    cfg = LLMConfig(arch="llama", vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                    num_kv_heads=kv_heads, max_position_embeddings=32)
+    llm = build_llm(cfg).eval()
+    decoder = TextDecoder(llm, "llama", 32).eval()
+    x = torch.randn(1, 9, 64)
+    ref = llm(inputs_embeds=x).logits[0]  # (9, V)
+    steps = [decoder(x[:, :7], torch.tensor([0]))] + [decoder(x[:, p : p + 1], torch.tensor([p])) for p in (7, 8)]
+    torch.testing.assert_close(torch.cat(steps), ref[6:], atol=1e-5, rtol=0)

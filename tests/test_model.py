@@ -59,8 +59,10 @@ def test_strict_loading_lists_bad_tensors(tiny_model, tmp_path):
     assert "mis-shaped tensors: projector.mlp.mlp.0.weight (expected (128, 96), got (3, 3))" in msg
 
 
-def test_packed_loss_equals_single_turn_loss(tiny_model):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: the trainer's choice on CPU
+def test_packed_loss_equals_single_turn_loss(tiny_model, attention):
     emb = tiny_model.encode_image(torch.cat([_image(0), _image(1)]))
+    tiny_model.llm.set_attn_implementation(attention)
     prompts = [tiny_model.prompt_ids(q) for q, _ in QUESTIONS]
     answers = [tiny_model.answer_ids(a) for _, a in QUESTIONS]
     items = pack(0, prompts, answers) + pack(1, prompts[:1], answers[:1])

@@ -96,3 +96,29 @@ def test_lora_training_merges_unless_kept(tiny_model_dir, shapes_train, tmp_path
     assert (out / "adapter").is_dir() == keep
     model = EdgeVLM.from_pretrained(out)
     assert any("lora_" in n for n, _ in model.named_parameters()) == keep
+
+
+def test_window_encoding_equals_the_window_of_the_full_patch_grid():
+    """The warm-up embeds only a window's pixels: the same tokens as slicing the window out of the whole
+    image's patch embedding, position embeddings of the window's own grid cells added."""
+    from edgevlm.models.factory import create
+    from edgevlm.train.warmup import encode_windows, window_boxes
+
+    torch.manual_seed(0)
+    model = create("mobilevlm-v2-tiny", seed=0).eval()
+    images = torch.randn(2, 3, 336, 336)
+    windows, w = [(0, 0), (7, 14)], 10
+    boxes, side = window_boxes(model, windows, w)
+    crops = torch.stack([im[:, t : t + side, l : l + side] for im, (t, l) in zip(images, boxes)])
+    tower, grid = model.vision.tower, model.cfg.vision.grid
+    emb = tower.embeddings
+    full = emb.patch_embedding(images)  # (2, D, 24, 24)
+    pos = emb.position_embedding.weight[1:].reshape(grid, grid, -1)
+    rows = [torch.cat([(emb.class_embedding + emb.position_embedding.weight[0])[None],
+                       full[b, :, r : r + w, c : c + w].flatten(1).T + pos[r : r + w, c : c + w].reshape(w * w, -1)])
+            for b, (r, c) in enumerate(windows)]
+    h = tower.pre_layrnorm(torch.stack(rows))
+    for layer in tower.encoder.layers[: model.cfg.vision.layers_used]:
+        h = layer(h, None)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_windows(model, crops, windows, w), model.projector(h[:, 1:]))

@@ -33,6 +33,8 @@ from edgevlm.registry import Registry
 
 # (layer, k_new, v_new) → (k_all, v_all): how a wrapper stores and reads its cache, (B, H_kv, S, hd) each
 KVUpdate = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (layer, q (B, H, T, hd), k, v (B, H_kv, T, hd), rotated) → attention output (B, H, T, hd): a runtime's own op
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -109,18 +111,26 @@ class PlainDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: KVUpdate) -> torch.Tensor:
         """x (B, T, D) at `positions` (T,) or (B, T); mask (T, S) or (B, 1, T, S), True where a query may attend
-        → logits (B, T, V)."""
-        cos, sin = self.rope(positions)
+        → logits (B, T, V), attending under `mask` to the keys and values `kv` returns."""
         bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))  # mask's shape
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return self.masked_attention(q, *kv(i, k, v), bias)
+
+        return self.run(x, positions, attend)
+
+    def run(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend, last_only: bool = False) -> torch.Tensor:
+        """The layers with attention done by `attend` → logits (B, T, V), or (B, 1, V) of the last position."""
+        cos, sin = self.rope(positions)
         for i, layer in enumerate(self.layers):
             h = layer.input_layernorm(x)
-            attn = self._attention(i, layer.self_attn, h, cos, sin, bias, kv)
+            attn = self._attention(i, layer.self_attn, h, cos, sin, attend)
             if self.parallel:
                 x = x + attn + self._ffn(layer.mlp, h)
             else:
                 x = x + attn
                 x = x + self._ffn(layer.mlp, layer.post_attention_layernorm(x))
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(x[:, -1:] if last_only else x))
 
     def _qkv(self, attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.spec.fused_qkv:
@@ -128,20 +138,22 @@ class PlainDecoder(nn.Module):
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         return attn.qkv_proj(x).split([q_dim, kv_dim, kv_dim], dim=-1)
 
-    def _attention(self, i, attn, x, cos, sin, bias, kv: KVUpdate) -> torch.Tensor:
+    def _attention(self, i, attn, x, cos, sin, attend: Attend) -> torch.Tensor:
         B, T, hd = x.shape[0], x.shape[1], self.head_dim
         q, k, v = self._qkv(attn, x)
         q = q.view(B, T, self.num_heads, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.num_kv_heads, hd).transpose(1, 2)  # (B, H_kv, T, hd)
         v = v.view(B, T, self.num_kv_heads, hd).transpose(1, 2)
-        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        k, v = kv(i, k, v)  # (B, H_kv, S, hd)
+        out = attend(i, self._rotate(q, cos, sin), self._rotate(k, cos, sin), v)  # (B, H, T, hd)
+        return getattr(attn, self.spec.out_proj)(out.transpose(1, 2).reshape(B, T, self.num_heads * hd))
+
+    def masked_attention(self, q, k, v, bias: torch.Tensor) -> torch.Tensor:
+        """q (B, H, T, hd), k/v (B, H_kv, S, hd), bias (…, T, S) additive → (B, H, T, hd)."""
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = q @ k.transpose(-1, -2) * hd**-0.5 + bias  # (B, H, T, S)
-        out = F.softmax(scores.float(), dim=-1).to(q.dtype) @ v  # (B, H, T, hd)
-        return getattr(attn, self.spec.out_proj)(out.transpose(1, 2).reshape(B, T, self.num_heads * hd))
+        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5 + bias  # (B, H, T, S)
+        return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate-half rotary embedding on the first `rotary_dims` of each head; the rest pass through."""

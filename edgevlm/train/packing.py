@@ -82,10 +82,12 @@ def _pad(rows: list[list[int]], t: int, value: int, dev) -> torch.Tensor:
 
 
 def _mask(blocks: list[list[int]], t: int, dev) -> torch.Tensor:
-    """(B, 1, T, T) True where query i may attend key j: causal, and within the prefix or its own segment."""
+    """(B, 1, T, T) additive: 0 where query i may attend key j (causal, and within the prefix or its own
+    segment), the float minimum elsewhere. Additive, not boolean: transformers' eager attention adds the mask
+    to the scores (a boolean one would be added as 0/1), and eager is the trainer's choice on CPU."""
     blk = _pad(blocks, t, -1, dev)  # -1 marks padding
     causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
     q, k = blk[:, :, None], blk[:, None, :]
     allowed = causal & (k != -1) & ((k == 0) | (k == q))
     allowed |= torch.eye(t, dtype=torch.bool, device=dev)  # padded queries attend to themselves (no NaN rows)
-    return allowed[:, None]
+    return torch.zeros(allowed.shape, device=dev).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]

@@ -119,18 +119,25 @@ def object_windows(scenes: dict[str, list], patch: int, grid: int, window: int) 
     return out
 
 
-def encode_windows(model, pixel_values: torch.Tensor, windows: list[tuple[int, int]], window: int) -> torch.Tensor:
-    """Tower + projector on patch windows: (B, 3, H, W) + B (row0, col0) → (B, N_win_tokens, D_llm)."""
+def window_boxes(model, windows: list[tuple[int, int]], window: int) -> tuple[list[tuple[int, int]], int]:
+    """Patch windows (row0, col0) → their pixel boxes (top, left) and side."""
+    p = model.cfg.vision.patch_size
+    return [(r0 * p, c0 * p) for r0, c0 in windows], window * p
+
+
+def encode_windows(model, pixels: torch.Tensor, windows: list[tuple[int, int]], window: int) -> torch.Tensor:
+    """Tower + projector on patch windows: the windows' pixels (B, 3, W*p, W*p) (see `window_boxes`; patches
+    are disjoint, so the rest of the image is not needed) + their B (row0, col0) → (B, N_win_tokens, D_llm)."""
     tower, cfg = model.vision.tower, model.cfg.vision
     emb = tower.embeddings
-    patches = emb.patch_embedding(pixel_values.to(emb.patch_embedding.weight.dtype))  # (B, D, 24, 24)
+    patches = emb.patch_embedding(pixels.to(emb.patch_embedding.weight.dtype))  # (B, D, W, W)
     pos = emb.position_embedding.weight
     has_cls = hasattr(emb, "class_embedding")
     pos_grid = pos[1:] if has_cls else pos
     pos_grid = pos_grid.reshape(cfg.grid, cfg.grid, -1)
     rows = []
     for b, (r0, c0) in enumerate(windows):
-        x = patches[b, :, r0 : r0 + window, c0 : c0 + window].flatten(1).T  # (W*W, D)
+        x = patches[b].flatten(1).T  # (W*W, D)
         x = x + pos_grid[r0 : r0 + window, c0 : c0 + window].reshape(window * window, -1)
         if has_cls:
             x = torch.cat([(emb.class_embedding + pos[0])[None], x])
