@@ -25,6 +25,9 @@ for _name, _cls in {"llama": LlamaConfig, "phi": PhiConfig, "phi3": Phi3Config, 
     LLM_ARCHS.register(_name)(_cls)
 
 
+ATTENTION = "sdpa"  # what towers and LLMs are built with (the trainer switches it while training on CPU)
+
+
 def hf_config(cfg: LLMConfig) -> PretrainedConfig:
     kwargs = dict(
         vocab_size=cfg.vocab_size,
@@ -36,7 +39,7 @@ def hf_config(cfg: LLMConfig) -> PretrainedConfig:
         max_position_embeddings=cfg.max_position_embeddings,
         rope_theta=cfg.rope_theta,
         tie_word_embeddings=cfg.tie_word_embeddings,
-        attn_implementation="sdpa",
+        attn_implementation=ATTENTION,
     )
     if cfg.arch in ("phi", "stablelm"):
         kwargs["layer_norm_eps"] = cfg.rms_norm_eps

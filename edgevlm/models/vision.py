@@ -14,6 +14,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from edgevlm.config import VisionConfig, VisionKind
+from edgevlm.models.llm import ATTENTION
 from edgevlm.registry import Registry
 
 TOWERS: Registry = Registry("vision tower")
@@ -29,7 +30,7 @@ def _hf_kwargs(cfg: VisionConfig) -> dict:
         patch_size=cfg.patch_size,
         layer_norm_eps=cfg.layer_norm_eps,
         hidden_act=cfg.hidden_act,
-        attn_implementation="sdpa",
+        attn_implementation=ATTENTION,
     )
 
 

@@ -25,6 +25,7 @@ from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir, write_json
 from edgevlm.models.checkpoint import read_weights, save_weights, load_weights, unique_state
 from edgevlm.models import moe
+from edgevlm.models.llm import ATTENTION
 from edgevlm.models.vlm import EdgeVLM
 from edgevlm.train import lora
 from edgevlm.train.config import TrainConfig
@@ -58,7 +59,6 @@ def pick_device() -> torch.device:
 # step 0.26 s -> 0.20 s, a vision-window step -6% (sdpa's math path with an additive mask: no faster). Without
 # gradients sdpa wins (the quickstart's feature cache, 576 tokens: 55 s sdpa, 96 s eager), so it is kept there.
 TRAIN_ATTENTION = {"cpu": "eager", "cuda": "sdpa"}
-BUILT_ATTENTION = "sdpa"  # what edgevlm/models builds towers and LLMs with; restored after training
 
 
 def set_attention(model: EdgeVLM, implementation: str) -> None:
@@ -199,8 +199,8 @@ class Trainer:
             if self.cfg.vision_window:
                 windows, w = [item[1] for item in batch], self.cfg.vision_window
                 pixels = self.images.batch(keys, self.device, *window_boxes(self.model, windows, w))
-                embeds = encode_windows(self.model, pixels, windows, self.cfg.vision_window)
-                cells = window_cells(windows, self.cfg.vision_window, self.model.cfg.vision.grid, embeds.shape[1])
+                embeds = encode_windows(self.model, pixels, windows, w)
+                cells = window_cells(windows, w, self.model.cfg.vision.grid, embeds.shape[1])
                 loss, acc = window_loss(self.head, embeds, labels, cells)
             else:
                 loss, acc = cell_loss(self.head, self._image_embeds(keys), labels)
@@ -264,7 +264,7 @@ class Trainer:
         self.model.eval()
         if not self.cfg.keep_adapter:
             self.model.llm = lora.merge(self.model.llm)
-        set_attention(self.model, BUILT_ATTENTION)
+        set_attention(self.model, ATTENTION)  # as built
         self.model.save_pretrained(self.out)
         if self.head is not None:
             save_weights({k: v.contiguous() for k, v in self.head.state_dict().items()}, self.out / VISION_HEAD)
