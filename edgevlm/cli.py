@@ -47,10 +47,9 @@ def _run_create(a):
 
 
 def _add_convert(p):
-    from edgevlm.convert import SOURCES
-
     p.add_argument("src", type=Path, help="the upstream checkpoint dir (config.json, weights, tokenizer files)")
-    p.add_argument("--from", dest="family", required=True, choices=list(SOURCES), help="the checkpoint's family")
+    p.add_argument("--from", dest="family", required=True,
+                   help="the checkpoint's family: mobilevlm, tinyllava, bunny or moe-llava")
     p.add_argument("--out", required=True, type=Path, help="model dir to write")
     p.add_argument("--vision-tower", type=Path, default=None,
                    help="local dir of the vision tower, when the checkpoint names it by hub id and lacks its weights")
@@ -188,7 +187,7 @@ def _add_generate(p):
 def _run_generate(a):
     import torch
 
-    from edgevlm.data.images import load_image
+    from edgevlm.bundle.image import load_image
     from edgevlm.models.vlm import EdgeVLM
 
     image = load_image(a.image)
@@ -248,7 +247,7 @@ def _add_run(p):
 
 @command("run", "answer a prompt about an image with an exported bundle, in its own runtime", _add_run)
 def _run_run(a):
-    from edgevlm.data.images import load_image
+    from edgevlm.bundle.image import load_image
     from edgevlm.runtimes import load_runtime
 
     image = load_image(a.image)
@@ -310,7 +309,7 @@ def _add_info(p):
 
 @command("info", "list presets, projectors and templates, or describe a model dir", _add_info)
 def _run_info(a):
-    from edgevlm.data.templates import TEMPLATES
+    from edgevlm.bundle.template import TEMPLATES
     from edgevlm.models.presets import PRESETS
     from edgevlm.models.projectors import PROJECTORS
     from edgevlm.quant.schemes import FORMATS

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from edgevlm.data.images import load_image
+from edgevlm.bundle.image import load_image
 from edgevlm.data.llava import QARecord, read_llava
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export import ExportConfig
-from edgevlm.export.bundle import build_manifest, open_bundle, write_manifest
+from edgevlm.bundle.manifest import open_bundle, write_manifest
+from edgevlm.export.manifest import build_manifest
 from edgevlm.quant.schemes import scheme
 
 

@@ -21,7 +21,7 @@ import torch
 
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export import coreml
-from edgevlm.export.bundle import Bundle, open_bundle
+from edgevlm.bundle.manifest import Bundle, open_bundle
 from edgevlm.export.verify import verify
 from edgevlm.runtimes.base import ContractRuntime
 from edgevlm.runtimes.coreml import NO_PREDICTION, causal_mask

@@ -35,7 +35,7 @@ from torch.export import Dim, export
 from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
 from torchao.quantization.granularity import PerAxis, PerGroup
 
-from edgevlm.data.images import ImagePreprocess
+from edgevlm.bundle.image import ImagePreprocess
 from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
 from edgevlm.registry import Registry

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from edgevlm.config import VLMConfig
-from edgevlm.data.images import ImagePreprocess
-from edgevlm.data.templates import TEMPLATES
-from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
+from edgevlm.bundle.image import ImagePreprocess
+from edgevlm.bundle.template import TEMPLATES
+from edgevlm.bundle.tokenizer import TextTokenizer, split_at_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir, read_json, require_dir, write_json
 from edgevlm.models.checkpoint import load_weights, read_weights, save_weights, unique_state
@@ -33,7 +33,8 @@ class EdgeVLM(nn.Module):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.template = TEMPLATES[cfg.template]
-        self.preprocess = ImagePreprocess.for_vision(cfg.vision)
+        v = cfg.vision
+        self.preprocess = ImagePreprocess(v.image_size, tuple(v.image_mean), tuple(v.image_std))
         self.vision = VisionTower(cfg.vision)
         self.projector = build_projector(cfg.projector, cfg.vision.hidden_size, cfg.llm.hidden_size)
         self.llm = build_llm(cfg.llm)
@@ -46,6 +47,11 @@ class EdgeVLM(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return projector_tokens(self.cfg.projector, self.cfg.vision.num_features)
+
+    def pixel_values(self, image) -> torch.Tensor:
+        """A PIL image or (H, W, 3) uint8 array → (1, 3, S, S) float32 on the model's device (the bundle's
+        preprocessing, docs/bundle-spec.md)."""
+        return torch.from_numpy(self.preprocess(image))[None].to(self.device)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → image embeddings (B, N_img, D_llm)."""
@@ -63,12 +69,10 @@ class EdgeVLM(nn.Module):
 
     def splice(self, ids: list[int], image_embeds: torch.Tensor) -> torch.Tensor:
         """Token ids with one IMAGE_TOKEN_INDEX → embeddings (T + N_img - 1, D) with the image spliced in."""
-        if ids.count(IMAGE_TOKEN_INDEX) != 1:
-            raise EdgeVLMError(f"a prompt needs exactly one image placeholder, got {ids.count(IMAGE_TOKEN_INDEX)}")
-        at = ids.index(IMAGE_TOKEN_INDEX)
+        ids_before, ids_after = split_at_image(ids)
         dev = image_embeds.device
-        before = self.embed(torch.tensor(ids[:at], device=dev))
-        after = self.embed(torch.tensor(ids[at + 1 :], device=dev))
+        before = self.embed(torch.tensor(ids_before, device=dev))
+        after = self.embed(torch.tensor(ids_after, device=dev))
         return torch.cat([before, image_embeds.to(before.dtype), after])
 
     # ---- generation -----------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class EdgeVLM(nn.Module):
     @torch.no_grad()
     def answer_many(self, image, questions: list[str], **kw) -> list[str]:
         """Answer questions about one PIL image or (H, W, 3) array, encoding the image once."""
-        emb = self.encode_image(self.preprocess(image)[None].to(self.device))
+        emb = self.encode_image(self.pixel_values(image))
         return [self.tokenizer.decode(self.generate(emb, self.prompt_ids(q), **kw)).strip() for q in questions]
 
     def answer(self, image, question: str, **kw) -> str:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgevlm.data.images import ImagePreprocess
+from edgevlm.bundle.image import ImagePreprocess
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import Bundle
+from edgevlm.bundle.manifest import Bundle
 from edgevlm.runtimes.base import ContractRuntime
 
 PTE = "model.pte"

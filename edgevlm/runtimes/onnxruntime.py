@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import MANIFEST, Bundle
+from edgevlm.bundle.manifest import MANIFEST, Bundle
 from edgevlm.runtimes.base import ContractRuntime
 
 PROVIDERS = ["CPUExecutionProvider"]
