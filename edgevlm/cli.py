@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.log import configure
+
+TRAIN_STACK = {"torch", "transformers", "peft", "safetensors", "sklearn"}  # the `train` extra's imports
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}  # name: (help, add_arguments, run)
 
@@ -198,10 +201,10 @@ def _run_generate(a):
 
 
 def _add_export(p):
-    from edgevlm.export import EXPORTER_MODULES
+    from edgevlm.quant.schemes import FORMATS
 
     p.add_argument("--model", required=True, type=Path, help="model dir to export")
-    p.add_argument("--format", required=True, choices=sorted(EXPORTER_MODULES))
+    p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--quant", required=True, help="quantization scheme of the format (see `edgevlm info`)")
     p.add_argument("--out", required=True, type=Path, help="bundle dir to write")
     p.add_argument("--verify-data", type=Path, default=None,
@@ -331,19 +334,30 @@ def _run_info(a):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgevlm", description="Small vision-language models, from training to a phone.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show the libraries' warnings and the engines' native log lines")
+    p = argparse.ArgumentParser(prog="edgevlm", description="Small vision-language models, from training to a phone.",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
     for name, (help, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help, description=help))
+        add_arguments(sub.add_parser(name, help=help, description=help, parents=[common]))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    configure(getattr(args, "verbose", False))
     try:
         COMMANDS[args.command][2](args)
     except EdgeVLMError as e:
         print(f"edgevlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_STACK:
+            raise
+        print(f"edgevlm {args.command}: error: this command needs {e.name}, which a runtime-only install lacks: "
+              "pip install 'edgevlm[train]' (or run scripts/setup)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"edgevlm {args.command}: interrupted", file=sys.stderr)

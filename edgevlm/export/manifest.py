@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import edgevlm
-from edgevlm.bundle.manifest import file_entries
+from edgevlm.bundle.manifest import SPEC_VERSION, file_entries
 from edgevlm.bundle.template import IMAGE_PLACEHOLDER
 from edgevlm.quant.schemes import Scheme
 
@@ -14,6 +14,7 @@ def build_manifest(model, fmt: str, scheme: Scheme, root: Path, runtime_fields: 
     """The manifest for the files now under `root`, exported from `model` (an EdgeVLM)."""
     tpl, tok = model.template, model.tokenizer
     return {
+        "spec_version": SPEC_VERSION,
         "edgevlm_version": edgevlm.__version__,
         "format": fmt,
         "quantization": scheme.to_dict(),
