@@ -33,7 +33,6 @@ from torch import nn
 
 from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
-from edgevlm.runtimes.onnxruntime import graph_io
 
 OPSET = 20
 WEIGHTS = "weights.bin"
@@ -42,6 +41,15 @@ PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
 ROUTER = "deepspeed_moe.gate.wg"  # module path of an MoE router, in the exporter's node metadata
 ROUTER_NODE = "router/"  # name prefix export_graphs gives the routers' nodes (the metadata is stripped after)
 INLINE_BYTES, ALIGN = 1024, 64  # smaller tensors stay inside the graph; offsets in weights.bin 64-byte aligned
+
+
+def graph_io(graph: onnx.ModelProto) -> dict:
+    """Inputs and outputs as the manifest records them: name → [element type, shape with named axes]."""
+    def spec(values):
+        return {v.name: [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                         [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]] for v in values}
+
+    return {"inputs": spec(graph.graph.input), "outputs": spec(graph.graph.output)}
 
 
 # ---- the graphs ---------------------------------------------------------------------------------------------------
