@@ -106,6 +106,7 @@ def _add_config_flag(p, f, kind) -> None:
     from the dataclass; an enum gives the choices, a bool a switch that turns it on."""
     import enum
 
+    flag = f.metadata.get("name", "--" + f.name.replace("_", "-"))
     kw = {"dest": f.name, "help": f.metadata.get("help") or None}
     if kind is bool:
         if f.default:
@@ -114,8 +115,9 @@ def _add_config_flag(p, f, kind) -> None:
     elif issubclass(kind, enum.Enum):
         kw.update(choices=[m.value for m in kind], default=f.default.value)
     else:
-        kw.update(type=kind, default=f.default, choices=f.metadata.get("choices"))
-    p.add_argument(f.metadata.get("name", "--" + f.name.replace("_", "-")), **kw)
+        kw.update(type=kind, default=f.default, choices=f.metadata.get("choices"),
+                  metavar=None if "choices" in f.metadata else flag[2:].replace("-", "_").upper())
+    p.add_argument(flag, **kw)
 
 
 def _train_config(a):
