@@ -146,16 +146,19 @@ TRAIN_FLAGS = {
 def test_train_flags_are_the_config_fields():
     """The train command is generated from TrainConfig: every field has a flag with the field's default, and
     each flag (old names kept: --aux-loss) sets its field and nothing else."""
+    import argparse
     from dataclasses import fields
 
-    from edgevlm.cli import _train_config, parser
+    from edgevlm.cli import _add_train, _train_config
 
-    base = ["train", "--model", "m", "--data", "d", "--out", "o"]
+    parser = argparse.ArgumentParser(allow_abbrev=False)  # exact names: --aux-loss is no prefix of a new flag
+    _add_train(parser)
+    base = ["--model", "m", "--data", "d", "--out", "o"]
     assert {f.name for f in fields(TrainConfig)} == set(TRAIN_FLAGS)  # a new field: add its flag above
-    assert _train_config(parser().parse_args(base)) == TrainConfig()
+    assert _train_config(parser.parse_args(base)) == TrainConfig()
     for name, (argv, value) in TRAIN_FLAGS.items():
-        got = _train_config(parser().parse_args(base + argv)).to_dict()
+        got = _train_config(parser.parse_args(base + argv)).to_dict()
         assert got == {**TrainConfig().to_dict(), name: value}, name
     for bad in (["--precision", "fp16"], ["--stage", "warmup"], ["--method", "qlora"], ["--experts", "two"]):
         with pytest.raises(SystemExit):
-            parser().parse_args(base + bad)
+            parser.parse_args(base + bad)
