@@ -6,7 +6,7 @@ layout onnxruntime-genai and optimum use), all at opset 20 from `torch.onnx.expo
 one external data file, `weights.bin`, shared by every graph (identical tensors are stored once), so that no
 graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_genai.py`) adds no weight bytes.
 
-Quantization uses onnxruntime.quantization (design.md, Quantization): fp16 via
+Quantization uses onnxruntime.quantization (docs/architecture.md, Quantization): fp16 via
 `onnxruntime.transformers.float16` with float32 inputs and outputs kept; int8 via `quantize_dynamic` (MatMul →
 MatMulInteger, per-channel int8 weights, dynamic int8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
 symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8. The token embedding stays

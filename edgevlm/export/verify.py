@@ -1,6 +1,6 @@
 """Self-verification: run a fresh bundle in its runtime and the PyTorch model on the same questions.
 
-The record goes into the manifest (design.md): the data used, n, how often the runtime's greedy tokens equal
+The record goes into the manifest (docs/bundle-spec.md): the data used, n, how often the runtime's greedy tokens equal
 PyTorch's (whole answers, and token by token), and both exact-match accuracies.
 """
 

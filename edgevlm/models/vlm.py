@@ -119,35 +119,41 @@ class EdgeVLM(nn.Module):
 
     # ---- model dirs -----------------------------------------------------------------------------------------
     def save_pretrained(self, out: str | Path) -> Path:
-        """Write config.json + model.safetensors + tokenizer.json (+ a LoRA `adapter/`) atomically."""
-        from edgevlm.train import lora
+        """Write config.json + model.safetensors + tokenizer.json atomically.
 
+        A model whose LLM carries a LoRA adapter is saved by `edgevlm.train.lora.save_pretrained`, which knows
+        the adapter's names; models/ stays the bare model and never imports train/.
+        """
         with atomic_dir(out) as tmp:
-            write_json(tmp / CONFIG, self.cfg.to_dict())
-            save_weights(lora.base_state(unique_state(self)), tmp / WEIGHTS)
-            self.tokenizer.save(tmp / TOKENIZER)
-            if lora.is_lora(self.llm):
-                self.llm.save_pretrained(str(tmp / lora.ADAPTER_DIR))
+            write_model_dir(tmp, self, unique_state(self))
         return Path(out)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "EdgeVLM":
+        """Read an edgevlm model dir (base weights only). `edgevlm.load.load_model` opens any model dir: this
+        one with its LoRA `adapter/` applied, or an upstream checkpoint's layout."""
         path = require_dir(path, "model directory")
-        raw = read_json(path / CONFIG)
-        if "vision" not in raw:  # not ours: an upstream checkpoint dir (MobileVLM, TinyLLaVA, Bunny, ...)?
-            from edgevlm.convert import load
-
-            return load(path)
-        cfg = VLMConfig.from_dict(raw)
+        if not is_model_dir(path):
+            raise EdgeVLMError("not an edgevlm model config (no `vision` section); an upstream checkpoint "
+                               "opens through edgevlm.load.load_model or `edgevlm convert`", path / CONFIG)
+        cfg = VLMConfig.from_dict(read_json(path / CONFIG))
         tokenizer = TextTokenizer.load(path / TOKENIZER)
         tensors = read_weights(path / WEIGHTS)
         model = cls(cfg, tokenizer)
         load_weights(model, tensors, path / WEIGHTS)
-        if (path / "adapter").is_dir():
-            from edgevlm.train import lora
-
-            model.llm = lora.load_adapter(model.llm, path)
         return model.eval()
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether `path/config.json` is an edgevlm `VLMConfig` (upstream configs have no `vision` section)."""
+    return "vision" in read_json(path / CONFIG)
+
+
+def write_model_dir(tmp: Path, model: EdgeVLM, state: dict[str, torch.Tensor]) -> None:
+    """The three files of a model dir, `state` as its weights, into `tmp` (the caller renames it into place)."""
+    write_json(tmp / CONFIG, model.cfg.to_dict())
+    save_weights(state, tmp / WEIGHTS)
+    model.tokenizer.save(tmp / TOKENIZER)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

@@ -1,6 +1,6 @@
 """The one Runtime interface, and the greedy generation loop shared by the three-function formats.
 
-ONNX, ExecuTorch and CoreML bundles carry the runtime contract (design.md): `vision_encoder`,
+ONNX, ExecuTorch and CoreML bundles carry the runtime contract (docs/architecture.md): `vision_encoder`,
 `token_embedding`, `text_decoder` with a KV cache. `ContractRuntime` builds the prompt, splices the image
 embeddings at the placeholder and runs prefill + decode on top of those three calls, so a format's runtime
 only implements them. llama.cpp brings its own multimodal loop and implements `generate_many` directly.

@@ -42,7 +42,7 @@ class ExecuTorchRuntime(ContractRuntime):
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         super().__init__(bundle, threads)
-        import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (stack.md)
+        import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (docs/dependencies.md)
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  llama::update_cache, custom_sdpa
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
