@@ -25,7 +25,7 @@ def load_model(path: str | Path) -> EdgeVLM:
         from edgevlm.convert import load  # the family modules load only when an upstream dir needs them
 
         return load(path)
-    model = EdgeVLM.from_pretrained(path)
+    model = EdgeVLM.from_pretrained(path, base_of_adapter=True)
     if lora.has_adapter(path):
         model.llm = lora.load_adapter(model.llm, path)
     return model.eval()

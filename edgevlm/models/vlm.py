@@ -25,6 +25,7 @@ from edgevlm.models.vision import VisionTower
 from edgevlm.config import MAX_NEW_TOKENS
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+ADAPTER = "adapter"  # a LoRA adapter kept unmerged (edgevlm/train/lora.py writes it)
 
 
 class EdgeVLM(nn.Module):
@@ -129,13 +130,17 @@ class EdgeVLM(nn.Module):
         return Path(out)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "EdgeVLM":
-        """Read an edgevlm model dir (base weights only). `edgevlm.load.load_model` opens any model dir: this
-        one with its LoRA `adapter/` applied, or an upstream checkpoint's layout."""
+    def from_pretrained(cls, path: str | Path, base_of_adapter: bool = False) -> "EdgeVLM":
+        """Read an edgevlm model dir. A dir that keeps a LoRA `adapter/` is refused unless `base_of_adapter`
+        (the caller applies the adapter: `edgevlm.load.load_model` opens any model dir that way, or an upstream
+        checkpoint's layout)."""
         path = require_dir(path, "model directory")
         if not is_model_dir(path):
             raise EdgeVLMError("not an edgevlm model config (no `vision` section); an upstream checkpoint "
                                "opens through edgevlm.load.load_model or `edgevlm convert`", path / CONFIG)
+        if (path / ADAPTER).is_dir() and not base_of_adapter:  # the base alone is not the model
+            raise EdgeVLMError("the model dir keeps a LoRA adapter: open it with edgevlm.load.load_model",
+                               path / ADAPTER)
         cfg = VLMConfig.from_dict(read_json(path / CONFIG))
         tokenizer = TextTokenizer.load(path / TOKENIZER)
         tensors = read_weights(path / WEIGHTS)

@@ -13,11 +13,11 @@ from torch import nn
 
 from edgevlm.io import atomic_dir
 from edgevlm.models.checkpoint import unique_state
+from edgevlm.models.vlm import ADAPTER as ADAPTER_DIR
 from edgevlm.models.vlm import EdgeVLM, write_model_dir
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                 "dense", "fc1", "fc2", "qkv_proj", "gate_up_proj"]
-ADAPTER_DIR = "adapter"
 
 
 def add_lora(llm: nn.Module, r: int, alpha: int) -> nn.Module:
