@@ -16,6 +16,7 @@ import torch
 
 from edgevlm.bundle.image import ImagePreprocess
 from edgevlm.errors import EdgeVLMError
+from edgevlm.log import native_quiet
 from edgevlm.bundle.manifest import Bundle
 from edgevlm.runtimes.base import ContractRuntime
 
@@ -47,12 +48,13 @@ class ExecuTorchRuntime(ContractRuntime):
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
 
-        if threads:
-            _unsafe_reset_threadpool(threads)
         path = bundle.file(PTE)
         try:
-            program = Runtime.get().load_program(path)
-            self.methods = {name: program.load_method(name) for name in METHODS}
+            with native_quiet():  # the runtime's cpuinfo probing logs to stderr on every machine
+                if threads:
+                    _unsafe_reset_threadpool(threads)
+                program = Runtime.get().load_program(path)
+                self.methods = {name: program.load_method(name) for name in METHODS}
         except (RuntimeError, ValueError) as e:
             raise EdgeVLMError(f"ExecuTorch cannot load the program ({_first_line(e)})", path) from None
         if None in self.methods.values():
