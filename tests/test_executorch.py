@@ -4,6 +4,8 @@ accuracy, the same answers from ExecuTorch's own MultimodalRunner, and one-line 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +165,15 @@ def test_custom_ops_decoder_equals_the_llm(kv_heads):
     ref = llm(inputs_embeds=x).logits[0]  # (9, V)
     steps = [decoder(x[:, :7], torch.tensor([0]))] + [decoder(x[:, p : p + 1], torch.tensor([p])) for p in (7, 8)]
     torch.testing.assert_close(torch.cat(steps), ref[6:], atol=1e-5, rtol=0)
+
+
+def test_cli_run_prints_the_answer_and_nothing_else(bundle, parity_eval):
+    """By default the terminal shows edgevlm's output only; --verbose adds ExecuTorch's native log lines."""
+    path, rec = bundle("fp32").path, read_llava(parity_eval)[0]
+    argv = [sys.executable, "-m", "edgevlm.cli", "run", "--bundle", str(path), "--image", str(rec.image),
+            "--prompt", rec.question]
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    expected = load_runtime(path).answer(load_image(rec.image), rec.question)
+    assert quiet.returncode == 0 and quiet.stdout == expected + "\n" and quiet.stderr == "", quiet.stderr
+    verbose = subprocess.run(argv[:3] + ["--verbose"] + argv[3:], capture_output=True, text=True, timeout=300)
+    assert verbose.stdout == quiet.stdout and "cpuinfo" in verbose.stderr
