@@ -2,8 +2,8 @@
 
 llama.cpp splits a VLM in two GGUF files (format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 - `model-<quant>.gguf`: the causal LM as the llama.cpp architecture its row of the architecture table names
-  (edgevlm.models.archs: llama, phi2, stablelm, phi3, qwen2), written the way llama.cpp's convert_hf_to_gguf.py writes the transformers model
-  (conversion/{llama,phi,stablelm,qwen}.py): tensor names from the gguf package's name map (Phi-3's fused
+  (edgevlm.models.archs: llama, phi2, stablelm, phi3, qwen2), written the way llama.cpp's convert_hf_to_gguf.py
+  writes the transformers model (conversion/{llama,phi,stablelm,qwen}.py): tensor names from the gguf package's name map (Phi-3's fused
   qkv_proj / gate_up_proj stay fused: llama.cpp's phi3 graph splits them), q/k rows permuted to the rotary
   layout of llama.cpp's `llama` graph (the others rotate halves, as transformers does), the same hyperparameter
   keys (layer-norm or RMS-norm epsilon, rotary dims for partial rotary), the byte-level BPE tokenizer as
