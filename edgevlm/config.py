@@ -98,7 +98,7 @@ class ProjectorConfig:
 
 @dataclass
 class LLMConfig:
-    arch: str = "llama"  # a name in edgevlm.models.llm.LLM_ARCHS
+    arch: str = "llama"  # a name in edgevlm.models.archs.ARCHS
     vocab_size: int = 32000
     hidden_size: int = 2048
     intermediate_size: int = 5632

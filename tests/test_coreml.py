@@ -117,7 +117,6 @@ def test_fp16_cast_is_the_converters(size):
 
 def test_moe_routing_converts_over_a_flexible_token_count():
     """The routing of the export decoder's dense MoE converts (a scalar scatter over the tokens did not)."""
-    from edgevlm.export.decoder import dense_moe
     from edgevlm.models.moe import MoE
 
     class DenseMoE(torch.nn.Module):
@@ -126,7 +125,7 @@ def test_moe_routing_converts_over_a_flexible_token_count():
             self.moe = MoE(16, torch.nn.Linear(16, 16), num_experts=4, k=2)
 
         def forward(self, x):
-            return dense_moe(self.moe, x)
+            return self.moe.forward_dense(x)
 
     mlmodel = _convert(DenseMoE(), (1, 5, 16))
     ops = {op.op_type for op in mlmodel._mil_program.functions["main"].operations}
@@ -145,8 +144,8 @@ def exported(request, trained, parity_eval, tmp_path_factory):
     q = request.param
     out = tmp_path_factory.mktemp("coreml") / q
     export(trained, ExportConfig("coreml", q, verify_limit=0), out, progress=False)
-    record = coreml.offline_verification(trained, scheme("coreml", q), out, parity_eval, PARITY_LIMIT,
-                                       progress=False)
+    record = coreml.EXPORTER.offline_verification(trained, scheme("coreml", q), out, parity_eval, PARITY_LIMIT,
+                                                  progress=False)
     print(q, record)
     return q, out, record
 

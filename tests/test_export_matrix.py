@@ -100,7 +100,7 @@ def coreml_runtime(model, result):
     from edgevlm.export import coreml, coreml_verify
     from edgevlm.bundle.manifest import open_bundle
 
-    if coreml.verify_here():
+    if coreml.EXPORTER.runs_here():
         return load_runtime(result.path, threads=1)
     bundle = open_bundle(result.path)
     s = scheme("coreml", result.manifest["quantization"]["name"])

@@ -1,9 +1,10 @@
 """Upstream checkpoints (MobileVLM, TinyLLaVA, Bunny, MoE-LLaVA) → edgevlm models, from local disk only.
 
-One module per family registers one source in `SOURCES`. The interface, all a new family needs:
+One module per family (its row's `converter` in edgevlm.models.families.FAMILIES) registers one source in
+`SOURCES`, under the family's name. The interface, all a new family needs besides its row:
 
 ```python
-@source("name")                     # the name `edgevlm convert --from` takes
+@source("name")                     # the family's name, which `edgevlm convert --from` takes
 class Name:
     @staticmethod
     def detect(src: Path, cfg: dict) -> bool:
@@ -35,14 +36,15 @@ from edgevlm.config import VLMConfig
 from edgevlm.bundle.tokenizer import TextTokenizer
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import read_json, require_dir
+from edgevlm.models.families import FAMILIES
 from edgevlm.registry import Registry
 
 SOURCES: Registry = Registry("checkpoint source")
-FAMILY_MODULES = ("mobilevlm", "tinyllava", "bunny", "moe_llava")
 
 
-def source(name: str):
-    return SOURCES.register(name)
+def source(family: str):
+    """Register the reader of `family`'s checkpoints (a row of the family table)."""
+    return SOURCES.register(FAMILIES[family].name)
 
 
 @dataclass
@@ -56,9 +58,10 @@ class Upstream:
 
 
 def _register_all() -> None:
-    for name in FAMILY_MODULES:
-        if importlib.util.find_spec(f"edgevlm.convert.{name}") is not None:
-            importlib.import_module(f"edgevlm.convert.{name}")
+    for family in FAMILIES:
+        module = f"edgevlm.convert.{FAMILIES[family].converter}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def detect(src: str | Path) -> str | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgevlm.config import ProjectorConfig, VLMConfig
 from edgevlm.convert import Upstream, source
 from edgevlm.convert import upstream as up
 from edgevlm.errors import EdgeVLMError
+from edgevlm.models.families import FAMILIES
 
 LMS = {"bunny-phi": "phi", "bunny-phi3": "phi3", "bunny-stablelm": "stablelm", "bunny-qwen2": "qwen2",
        "bunny-llama": "llama"}
@@ -41,6 +41,5 @@ class Bunny:
         weights = up.weight_files(src)[0]
         tensors = up.rename(tensors, [("model.mm_projector.", "projector.mlp."), ("model.", "llm.model."),
                                       ("lm_head.", "llm.lm_head.")], weights)
-        vlm = VLMConfig(family="bunny", template="bunny", vision=vision, projector=ProjectorConfig(kind="mlp2x_gelu"),
-                        llm=llm)
+        vlm = FAMILIES["bunny"].config(vision, llm)
         return Upstream(vlm, {**tensors, **tower}, up.read_tokenizer(src, llm.vocab_size), weights)

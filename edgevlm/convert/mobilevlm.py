@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgevlm.config import ProjectorConfig, VLMConfig
+from edgevlm.config import ProjectorConfig
 from edgevlm.convert import Upstream, source
 from edgevlm.convert import upstream as up
 from edgevlm.errors import EdgeVLMError
+from edgevlm.models.families import FAMILIES
 
 PROJECTORS = {"ldpnet": ("ldp", "model.mm_projector.model."), "ldpnetv2": ("ldpv2", "model.mm_projector.")}
 
@@ -40,6 +41,5 @@ class MobileVLM:
                                        feature_layer=cfg.get("mm_vision_select_layer", -2))
         tensors = up.rename(tensors, [(prefix, "projector."), ("model.", "llm.model."), ("lm_head.", "llm.lm_head.")],
                             up.weight_files(src)[0])
-        vlm = VLMConfig(family="mobilevlm", template="vicuna_v1", vision=vision,
-                        projector=ProjectorConfig(kind=projector), llm=llm)
+        vlm = FAMILIES["mobilevlm"].config(vision, llm, ProjectorConfig(kind=projector))
         return Upstream(vlm, {**tensors, **tower}, up.read_tokenizer(src, llm.vocab_size), up.weight_files(src)[0])

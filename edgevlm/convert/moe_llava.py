@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgevlm.config import MoEConfig, ProjectorConfig, VLMConfig
+from edgevlm.config import MoEConfig
 from edgevlm.convert import Upstream, source
 from edgevlm.convert import upstream as up
 from edgevlm.errors import EdgeVLMError
+from edgevlm.models.families import FAMILIES
 
 LMS = {"moe_llava_stablelm": "stablelm", "moe_llava_phi": "phi", "moe_llava_llama": "llama",
        "moe_llava_qwen1_5": "qwen2"}
@@ -67,8 +68,7 @@ class MoELLaVA:
         weights = up.weight_files(src)[0]
         tensors = up.rename(tensors, [(PROJECTOR, "projector.mlp."), ("model.", "llm.model."),
                                       ("lm_head.", "llm.lm_head.")], weights)
-        vlm = VLMConfig(family="moe-llava", template="vicuna_v1", vision=vision,
-                        projector=ProjectorConfig(kind="mlp2x_gelu"), llm=llm, moe=moe)
+        vlm = FAMILIES["moe-llava"].config(vision, llm, moe=moe)
         return Upstream(vlm, {**tensors, **tower}, _tokenizer(src, llm.vocab_size), weights)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgevlm.config import ProjectorConfig, VLMConfig
 from edgevlm.convert import Upstream, source
 from edgevlm.convert import upstream as up
 from edgevlm.errors import EdgeVLMError
+from edgevlm.models.families import FAMILIES
 
 LEGACY_LMS = {"tiny_llava_phi": "phi", "tiny_llava_stablelm": "stablelm", "tiny_llava_llama": "llama"}
 FACTORY_LMS = {"phi": "phi", "llama": "llama", "stablelm": "stablelm", "qwen2": "qwen2"}
@@ -53,8 +53,7 @@ def _factory(src: Path, cfg: dict, vision_tower: Path | None) -> Upstream:
     weights = up.weight_files(src)[0]
     tensors = up.rename(up.read_tensors(src), [("language_model.", "llm."), ("connector._connector.", "projector.mlp."),
                                                ("vision_tower._vision_tower.vision_model.", "vision.tower.")], weights)
-    vlm = VLMConfig(family="tinyllava", template="vicuna_v1", vision=vision,
-                    projector=ProjectorConfig(kind="mlp2x_gelu"), llm=llm)
+    vlm = FAMILIES["tinyllava"].config(vision, llm)
     return Upstream(vlm, tensors, up.read_tokenizer(src, llm.vocab_size), weights)
 
 
@@ -69,6 +68,5 @@ def _legacy(src: Path, cfg: dict, vision_tower: Path | None) -> Upstream:
     weights = up.weight_files(src)[0]
     tensors = up.rename(tensors, [("model.mm_projector.", "projector.mlp."), ("model.", "llm.model."),
                                   ("lm_head.", "llm.lm_head.")], weights)
-    vlm = VLMConfig(family="tinyllava", template="vicuna_v1", vision=vision,
-                    projector=ProjectorConfig(kind="mlp2x_gelu"), llm=llm)
+    vlm = FAMILIES["tinyllava"].config(vision, llm)
     return Upstream(vlm, {**tensors, **tower}, up.read_tokenizer(src, llm.vocab_size), weights)

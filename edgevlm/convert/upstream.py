@@ -23,20 +23,12 @@ from edgevlm.config import LLMConfig, VisionConfig, VisionKind
 from edgevlm.bundle.tokenizer import SPECIALS_FILE, TextTokenizer, read_specials
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import read_json
-from edgevlm.models.llm import LLM_ARCHS
+from edgevlm.models.archs import ARCHS
 
 # Tensors upstream files carry that no forward pass reads: rotary caches and position-id buffers of older
 # transformers versions, SigLIP's pooling head, and the text half of a full CLIP / SigLIP model.
 NOT_WEIGHTS = re.compile(r"(rotary_emb\.inv_freq|embeddings\.position_ids|vision_model\.head\.|^text_model\.|"
                          r"^logit_scale|^logit_bias|^visual_projection|^text_projection)")
-# Arch-specific transformers config keys an LLMConfig carries in `extra` (all that changes the computation).
-ARCH_EXTRA = {
-    "llama": ("hidden_act", "attention_bias", "mlp_bias"),
-    "phi": ("hidden_act", "qk_layernorm", "partial_rotary_factor"),
-    "phi3": ("hidden_act", "sliding_window"),
-    "stablelm": ("hidden_act", "use_qkv_bias", "use_parallel_residual", "qk_layernorm", "partial_rotary_factor"),
-    "qwen2": ("hidden_act", "sliding_window", "use_sliding_window"),
-}
 CONFIG_META = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype",
                "dtype", "text_config", "vision_config")
 
@@ -95,16 +87,17 @@ def take(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 # ---- configs ----------------------------------------------------------------------------------------------------
 def llm_config(d: dict, arch: str, path: Path) -> LLMConfig:
     """A transformers LM config dict (defaults filled by transformers' own class) → LLMConfig."""
+    row = ARCHS[arch]
     try:
-        c = LLM_ARCHS[arch](**{k: v for k, v in d.items() if k not in CONFIG_META})
+        c = row.hf_config(**{k: v for k, v in d.items() if k not in CONFIG_META})
     except (TypeError, ValueError) as e:
         raise EdgeVLMError(f"invalid {arch} config ({e})", path) from None
     rope = dict(getattr(c, "rope_parameters", None) or {})
     if rope.get("rope_type", "default") != "default":
         raise EdgeVLMError(f"rope scaling {rope['rope_type']!r} is not supported", path)
-    eps = c.layer_norm_eps if arch in ("phi", "stablelm") else c.rms_norm_eps
-    extra = {k: getattr(c, k) for k in ARCH_EXTRA.get(arch, ()) if hasattr(c, k)}
-    if "partial_rotary_factor" in ARCH_EXTRA.get(arch, ()):
+    eps = getattr(c, row.norm.value)  # the config key the row names
+    extra = {k: getattr(c, k) for k in row.extra_keys if hasattr(c, k)}
+    if "partial_rotary_factor" in row.extra_keys:
         extra["partial_rotary_factor"] = rope.get("partial_rotary_factor", 1.0)
     return LLMConfig(arch=arch, vocab_size=c.vocab_size, hidden_size=c.hidden_size,
                      intermediate_size=c.intermediate_size, num_layers=c.num_hidden_layers,

@@ -1,7 +1,8 @@
 """Export: a model dir → a bundle dir for one runtime at one quantization, verified in that runtime.
 
-Each format has one module with one entry point, `write(model, scheme, out_dir) -> dict` (the format's
-manifest fields); `export` wraps it the same way for every format: writes go to a temporary directory, the
+Each format has one module whose `EXPORTER` implements `edgevlm.export.base.Exporter` (its entry point:
+`write(model, scheme, out_dir) -> dict`, the format's manifest fields); `export` wraps it the same way for
+every format: writes go to a temporary directory, the
 tokenizer and manifest are added, the bundle is run in its runtime against PyTorch, and only then is it
 renamed into place. An interrupted or failed export leaves the previous bundle intact.
 
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgevlm.bundle.manifest import MANIFEST, TOKENIZER, write_manifest
+from edgevlm.export.base import Exporter
 from edgevlm.export.manifest import build_manifest
 from edgevlm.io import atomic_dir
 from edgevlm.quant.schemes import FORMATS, scheme
 
-# format → module defining `write(model, scheme, out_dir) -> dict`
+# format → the module whose `EXPORTER` writes it (imported on use: each pulls in its engine)
 EXPORTER_MODULES = {
     "gguf": "edgevlm.export.gguf",
     "executorch": "edgevlm.export.executorch",
@@ -66,10 +68,16 @@ class ExportResult:
         return sum(f["bytes"] for f in self.manifest["files"].values())
 
 
+def exporter(fmt: str) -> Exporter:
+    """The exporter of format `fmt` (its module imported now)."""
+    FORMATS[fmt]  # an unknown format raises, listing the known ones
+    return importlib.import_module(EXPORTER_MODULES[fmt]).EXPORTER
+
+
 def export(model, cfg: ExportConfig, out: str | Path, progress: bool = True) -> ExportResult:
     """Export the EdgeVLM `model` to a bundle at `out`, verified against `model` before it appears there."""
     s = scheme(cfg.format, cfg.quant)
-    writer = importlib.import_module(EXPORTER_MODULES[cfg.format])
+    writer = exporter(cfg.format)
     with atomic_dir(out) as tmp:
         fields = writer.write(model, s, tmp)
         model.tokenizer.save(tmp / TOKENIZER)
@@ -82,10 +90,10 @@ def export(model, cfg: ExportConfig, out: str | Path, progress: bool = True) -> 
     return ExportResult(Path(out), manifest)
 
 
-def _verify(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
+def _verify(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
     """Run the bundle in its runtime against PyTorch; where the runtime cannot run on this system (CoreML off
-    macOS), the format's module checks what it can (`offline_verification`) and says what it skipped."""
-    if not getattr(writer, "verify_here", lambda: True)():
+    macOS), the format's exporter checks what it can (`offline_verification`) and says what it skipped."""
+    if not writer.runs_here():
         return writer.offline_verification(model, s, tmp, cfg.verify_data, cfg.verify_limit, progress=progress,
                                            threads=cfg.threads)
     from edgevlm.export.verify import verify
@@ -98,9 +106,9 @@ def _verify(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> d
         del runtime  # release file handles before the rename
 
 
-def _smoke(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
+def _smoke(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
     """Load the bundle in its runtime and generate a few tokens for one `shapes` image: no PyTorch comparison."""
-    if not getattr(writer, "verify_here", lambda: True)():
+    if not writer.runs_here():
         return {"mode": VerifyMode.SMOKE.value, "skipped": "the runtime cannot run on this system"}
     import tempfile
 
@@ -127,4 +135,5 @@ def _smoke(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> di
             "generated_ids": ids, "load_s": round(loaded - t, 2), "generate_s": round(done - loaded, 2)}
 
 
-__all__ = ["EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "VerifyMode", "export"]
+__all__ = ["EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "Exporter", "VerifyMode",
+           "export", "exporter"]

@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgevlm.export.base import Exporter
+from edgevlm.export.contract import contract_modules
 from edgevlm.export.coreml_decoder import CoreMLTextDecoder
-from edgevlm.quant.schemes import Scheme
+from edgevlm.quant.schemes import PARTS, Scheme
+from edgevlm.registry import Registry
 from edgevlm.runtimes.coreml import CAN_PREDICT, causal_mask
 
 VISION_FILE, DECODER_FILE = "VisionEncoder.mlpackage", "TextDecoder.mlpackage"
@@ -61,35 +64,15 @@ class LinearQuant:
         return f"{self.dtype} linear symmetric, " + (f"per block of {self.block}" if self.block else "per channel")
 
 
-INT8, INT4_B32 = LinearQuant("int8"), LinearQuant("int4", block=32)
-# scheme name → part ("vision", "llm", "embedding") → quantization; a part not listed stays fp16
-COMPRESSION: dict[str, dict[str, LinearQuant]] = {
-    "fp16": {},
-    "int8": {"vision": INT8, "llm": INT8, "embedding": INT8},
-    "int4": {"vision": INT8, "llm": INT4_B32, "embedding": INT8},
-}
+# the format's quantizers, by the names the `coreml` rows of quant/schemes.py give (parts without one: fp16)
+MECHANISMS: Registry[LinearQuant] = Registry("coreml quantization mechanism")
+MECHANISMS.register("int8_per_channel")(LinearQuant("int8"))
+MECHANISMS.register("int4_block32")(LinearQuant("int4", block=32))
 
 
-class VisionEncoder(nn.Module):
-    """`vision_encoder`: the tower and projector of an EdgeVLM (shared modules)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.vision, self.projector = model.vision, model.projector
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision(pixel_values))  # (1, N_img, D)
-
-
-class TokenEmbedding(nn.Module):
-    """`token_embedding`: the LLM's input embedding table (shared)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.embed_tokens = model.llm.get_input_embeddings()
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)  # (1, T, D)
+def compression(scheme: Scheme) -> dict[str, LinearQuant]:
+    """Function (= contract part) → its weights' quantization, for the parts `scheme` quantizes."""
+    return {part: MECHANISMS[name] for part, name in scheme.mechanisms().items()}
 
 
 def max_context(model) -> int:
@@ -97,16 +80,17 @@ def max_context(model) -> int:
 
 
 def function_specs(model) -> dict:
-    """Each function's file, part, and named inputs / outputs / states; "T" and "E" are flexible dims."""
+    """Each contract function's file, function name, and named inputs / outputs / states; "T" and "E" are
+    flexible dims."""
     c, n_ctx = model.cfg, max_context(model)
     S, D, V, N = c.vision.image_size, c.llm.hidden_size, c.llm.vocab_size, model.num_image_tokens
     cache = list(CoreMLTextDecoder(model.llm, c.llm.arch, n_ctx).cache_shape)
     return {
-        "vision_encoder": _function(VISION_FILE, "main", "vision", [_t("pixel_values", [1, 3, S, S])],
+        "vision_encoder": _function(VISION_FILE, "main", [_t("pixel_values", [1, 3, S, S])],
                                     [_t("image_embeds", [1, N, D])]),
-        "token_embedding": _function(DECODER_FILE, "token_embedding", "embedding",
-                                     [_t("input_ids", [1, "T"], "int32")], [_t("inputs_embeds", [1, "T", D])]),
-        "text_decoder": _function(DECODER_FILE, "text_decoder", "llm",
+        "token_embedding": _function(DECODER_FILE, "token_embedding", [_t("input_ids", [1, "T"], "int32")],
+                                     [_t("inputs_embeds", [1, "T", D])]),
+        "text_decoder": _function(DECODER_FILE, "text_decoder",
                                   [_t("inputs_embeds", [1, "T", D]), _t("causal_mask", [1, 1, "T", "E"])],
                                   [_t("logits", [1, "T", V])],
                                   [_t("k_cache", cache, "float16"), _t("v_cache", cache, "float16")]),
@@ -117,9 +101,8 @@ def _t(name: str, shape: list, dtype: str = "float32") -> dict:
     return {"name": name, "shape": shape, "dtype": dtype}
 
 
-def _function(file: str, function: str, part: str, inputs, outputs, states=()) -> dict:
-    return {"file": file, "function": function, "part": part, "inputs": inputs, "outputs": outputs,
-            "states": list(states)}
+def _function(file: str, function: str, inputs, outputs, states=()) -> dict:
+    return {"file": file, "function": function, "inputs": inputs, "outputs": outputs, "states": list(states)}
 
 
 def flexible_dims(model) -> dict[str, list[int]]:
@@ -130,11 +113,12 @@ def modules(model) -> dict[str, tuple[nn.Module, tuple]]:
     """The eager module of each function, sharing `model`'s weights, with an example input to trace it on."""
     c = model.cfg
     S, D = c.vision.image_size, c.llm.hidden_size
-    decoder = CoreMLTextDecoder(model.llm, c.llm.arch, max_context(model))
+    parts = contract_modules(model.vision, model.projector, model.llm,
+                             lambda llm: CoreMLTextDecoder(llm, c.llm.arch, max_context(model)))
     return {
-        "vision_encoder": (VisionEncoder(model).eval(), (torch.zeros(1, 3, S, S),)),
-        "token_embedding": (TokenEmbedding(model).eval(), (torch.zeros(1, 4, dtype=torch.int32),)),
-        "text_decoder": (decoder.eval(), (torch.zeros(1, 4, D), torch.from_numpy(causal_mask(3, 4)))),
+        "vision_encoder": (parts["vision_encoder"], (torch.zeros(1, 3, S, S),)),
+        "token_embedding": (parts["token_embedding"], (torch.zeros(1, 4, dtype=torch.int32),)),
+        "text_decoder": (parts["text_decoder"], (torch.zeros(1, 4, D), torch.from_numpy(causal_mask(3, 4)))),
     }
 
 
@@ -174,9 +158,9 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
     """Write VisionEncoder.mlpackage and TextDecoder.mlpackage into `out_dir`; return the manifest fields."""
     import coremltools as ct
 
-    specs, dims, parts = function_specs(model), flexible_dims(model), COMPRESSION[scheme.name]
+    specs, dims, parts = function_specs(model), flexible_dims(model), compression(scheme)
     programs = trace_programs(model)
-    mlmodels = {name: convert(programs[name], spec, dims, parts.get(spec["part"])) for name, spec in specs.items()}
+    mlmodels = {name: convert(programs[name], spec, dims, parts.get(name)) for name, spec in specs.items()}
     mlmodels["vision_encoder"].save(str(out_dir / VISION_FILE))
     with tempfile.TemporaryDirectory() as tmp:
         desc = ct.utils.MultiFunctionDescriptor()
@@ -190,22 +174,28 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
         "max_context": max_context(model),
         "target": TARGET,
         "compute_precision": "float16",
-        "compression": {part: parts[part].describe() if part in parts else "float16"
-                        for part in ("vision", "llm", "embedding")},
+        "compression": {part: parts[part].describe() if part in parts else "float16" for part in PARTS},
         "weight_threshold": WEIGHT_THRESHOLD,
         "flexible_dims": dims,
         "functions": specs,
     }
 
 
-def verify_here() -> bool:
-    """Whether the bundle can run in its runtime on this system (the export hook; see coreml_verify)."""
-    return CAN_PREDICT
+class CoreML(Exporter):
+    mechanisms = MECHANISMS
+
+    def write(self, model, scheme: Scheme, out_dir: Path) -> dict:
+        return write(model, scheme, out_dir)
+
+    def runs_here(self) -> bool:
+        return CAN_PREDICT
+
+    def offline_verification(self, model, scheme: Scheme, out_dir: Path, data_dir: Path | None = None,
+                             limit: int = 100, progress: bool = True, threads: int | None = None) -> dict:
+        """The verification record where Core ML cannot predict (see `coreml_verify.linux_verification`)."""
+        from edgevlm.export.coreml_verify import linux_verification as run
+
+        return run(model, scheme, out_dir, data_dir, limit, progress, threads)
 
 
-def offline_verification(model, scheme: Scheme, out_dir: Path, data_dir=None, limit: int = 100,
-                         progress: bool = True, threads: int | None = None) -> dict:
-    """The verification record where Core ML cannot predict (see `coreml_verify.linux_verification`)."""
-    from edgevlm.export.coreml_verify import linux_verification as run
-
-    return run(model, scheme, out_dir, data_dir, limit, progress, threads)
+EXPORTER = CoreML()

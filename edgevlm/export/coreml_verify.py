@@ -173,7 +173,7 @@ def compare_weights(model, scheme, bundle: Bundle, programs: dict | None = None)
     Returns {"summary": counts per function, "dequantized": {function: {torch name: float32 array}}}.
     """
     programs, torch_modules = programs or load_programs(bundle), coreml.modules(model)
-    parts = coreml.COMPRESSION[scheme.name]
+    parts = coreml.compression(scheme)
     summary, dequantized = {}, {}
     for name, f in bundle.runtime_fields["functions"].items():
         consts = package_constants(programs[f["file"]].functions[f["function"]])
@@ -182,9 +182,9 @@ def compare_weights(model, scheme, bundle: Bundle, programs: dict | None = None)
         counts = {"tensors": len(pairs), "torch_weights_not_in_program": len(params) - len(pairs), "float16": 0}
         dequantized[name] = {}
         for const_name, param_name in pairs.items():
-            want = intended(params[param_name].reshape(_shape(consts[const_name])), parts.get(f["part"]))
+            want = intended(params[param_name].reshape(_shape(consts[const_name])), parts.get(name))
             _require_equal(consts[const_name], want, f"{name}: {param_name}", bundle.path / f["file"])
-            kind = "float16" if "value" in want else parts[f["part"]].describe()
+            kind = "float16" if "value" in want else parts[name].describe()
             counts[kind] = counts.get(kind, 0) + 1
             dequantized[name][param_name] = dequantize(consts[const_name]).reshape(params[param_name].shape)
         summary[name] = counts

@@ -6,21 +6,20 @@ forward carries mask and cache machinery the converters trip over (docs/dependen
 restates the attention (rotary embeddings, partial rotary, grouped-query attention, fused or separate q/k/v)
 and the residual wiring of each LLM architecture edgevlm builds, over the *same* modules, with no weight
 copies: norms and FFNs run as the layer's own `input_layernorm` / `mlp` modules, which export as they are.
-What differs between architectures is one `ArchSpec` row each (`ARCHS`), not branches in the forward.
+What differs between architectures is the `decoder` spec of each row of the architecture table
+(edgevlm.models.archs.ARCHS), not branches in the forward.
 `tests/test_export_decoder.py` shows the decoder equals the reference for every architecture, eager and under
 `torch.export(strict=True)`. Cache writes are slice assignments: an index write into a CoreML state is silently
 dropped (docs/dependencies.md).
 
-MoE layers (edgevlm.models.moe, MoE-LLaVA) run *densely*: every expert on every token, combined with the
-router's top-k renormalised weights scattered into an (…, E) gate that is zero for unselected experts. That
-equals the reference's dropless gather/scatter routing but has static shapes, so it exports to every format;
-it costs E/k times the FFN compute of the MoE layers, which is what the tiny models need (a sparse kernel per
-runtime is the way to real-size speed).
+MoE layers (edgevlm.models.moe, MoE-LLaVA) run *densely* (`MoE.forward_dense`): every expert on every token,
+weighted by a gate that is zero off the router's top-k. That equals the reference's dropless gather/scatter
+routing but has static shapes, so it exports to every format; it costs E/k times the FFN compute of the MoE
+layers, which is what the tiny models need (a sparse kernel per runtime is the way to real-size speed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,40 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevlm.errors import EdgeVLMError
-from edgevlm.models.moe import MoE, route
-from edgevlm.registry import Registry
+from edgevlm.models.archs import ARCHS, DecoderSpec
+from edgevlm.models.moe import MoE
 
 # (layer, k_new, v_new) → (k_all, v_all): how a wrapper stores and reads its cache, (B, H_kv, S, hd) each
 KVUpdate = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (layer, q (B, H, T, hd), k, v (B, H_kv, T, hd), rotated) → attention output (B, H, T, hd): a runtime's own op
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How one transformers causal-LM family wires a decoder layer (the parts `PlainDecoder` restates).
-
-    Norm kind, activation and biases need no row: the layer's own norm / MLP / Linear modules compute them.
-    """
-
-    parallel_residual: bool | str = False  # x + attn(n(x)) + mlp(n(x)); a str: the config flag that says
-    fused_qkv: bool = False  # one `qkv_proj` (Phi-3) instead of q_proj / k_proj / v_proj
-    out_proj: str = "o_proj"  # the attention's output projection
-    final_norm: str = "norm"  # the norm before the LM head, in `model`
-    unsupported: tuple[str, ...] = ()  # config flags the decoder does not restate: refused when set
-
-    def parallel(self, cfg) -> bool:
-        return getattr(cfg, self.parallel_residual) if isinstance(self.parallel_residual, str) \
-            else self.parallel_residual
-
-
-ARCHS: Registry[ArchSpec] = Registry("export decoder architecture")
-ARCHS.register("llama")(ArchSpec())
-ARCHS.register("qwen2")(ArchSpec(unsupported=("use_sliding_window",)))  # q/k/v biases: the Linear modules'
-ARCHS.register("phi3")(ArchSpec(fused_qkv=True, unsupported=("sliding_window",)))  # gate_up_proj: its mlp's
-ARCHS.register("phi")(ArchSpec(parallel_residual=True, out_proj="dense", final_norm="final_layernorm",
-                               unsupported=("qk_layernorm",)))
-ARCHS.register("stablelm")(ArchSpec(parallel_residual="use_parallel_residual", unsupported=("qk_layernorm",)))
 
 
 def rotary_dims(cfg) -> int:
@@ -74,9 +46,9 @@ def head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
-def arch_spec(cfg, arch: str) -> ArchSpec:
-    """The spec of `arch`, after checking that `cfg` uses nothing the decoder does not restate."""
-    spec = ARCHS[arch]
+def arch_spec(cfg, arch: str) -> DecoderSpec:
+    """The decoder spec of `arch`, after checking that `cfg` uses nothing the decoder does not restate."""
+    spec = ARCHS[arch].decoder
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
     flags = [f for f in spec.unsupported if getattr(cfg, f, None)] + ([f"rope_type={rope}"] if rope != "default"
                                                                       else [])
@@ -165,24 +137,7 @@ class PlainDecoder(nn.Module):
 
     @staticmethod
     def _ffn(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return dense_moe(mlp, x) if isinstance(mlp, MoE) else mlp(x)
-
-
-def dense_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
-    """`moe`'s output with static shapes: all experts on all tokens, weighted by a gate zero off the top-k.
-
-    x (B, T, D) → (B, T, D). The router logits are TopKGate's (fp32 input, fp32 weights), taken on the 3-D
-    input so that every projection stays a batched MatMul (a 2-D one becomes an ONNX Gemm, which onnxruntime's
-    int4 quantizer mishandles) and through the `wg` module, so that exporters can find the router by its module
-    path and keep it unquantized; the routing itself is the reference's `route`.
-    """
-    gate = moe.deepspeed_moe.gate
-    logits = gate.wg(x.float())  # (B, T, E)
-    weights, idx, _ = route(logits.reshape(-1, moe.num_experts), gate.k)  # (S, k) fp32, (S, k)
-    chosen = idx[..., None] == torch.arange(moe.num_experts)  # (S, k, E)
-    combine = (chosen.to(weights.dtype) * weights[..., None]).sum(1).reshape(logits.shape)  # (B, T, E)
-    outs = torch.stack([expert(x) for expert in moe.experts], dim=-2)  # (B, T, E, D)
-    return (combine.to(x.dtype)[..., None] * outs).sum(-2)
+        return mlp.forward_dense(x) if isinstance(mlp, MoE) else mlp(x)
 
 
 class StaticCacheDecoder(nn.Module):

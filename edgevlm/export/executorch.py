@@ -23,7 +23,6 @@ lower to XNNPACK and silently return wrong numbers (docs/dependencies.md).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,38 +34,15 @@ from torch.export import Dim, export
 from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
 from torchao.quantization.granularity import PerAxis, PerGroup
 
-from edgevlm.bundle.image import ImagePreprocess
+from edgevlm.export.base import Exporter
+from edgevlm.export.contract import contract_modules
 from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
 from edgevlm.registry import Registry
 
 PTE = "model.pte"
-METHODS = ("vision_encoder", "token_embedding", "text_decoder")
 INT4_GROUPS = (128, 32)  # 8da4w group size: the first that divides a linear's input width
 ROUTER = "deepspeed_moe.gate.wg"  # an MoE layer's router (edgevlm.models.moe): never quantized
-
-
-class VisionEncoder(nn.Module):
-    """uint8 RGB (1, 3, S, S) → image embeddings (1, N_img, D): rescale, normalize, tower, projector."""
-
-    def __init__(self, vision: nn.Module, projector: nn.Module, pre: ImagePreprocess):
-        super().__init__()
-        self.vision, self.projector, self.rescale = vision, projector, pre.rescale
-        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        pixels = (image.float() * self.rescale - self.mean) / self.std  # (1, 3, S, S), as ImagePreprocess
-        return self.projector(self.vision(pixels))  # (1, N_img, D)
-
-
-class TokenEmbedding(nn.Module):
-    def __init__(self, table: nn.Embedding):
-        super().__init__()
-        self.table = table
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.table(ids)  # (1, T, D)
 
 
 class TextDecoder(nn.Module):
@@ -107,19 +83,16 @@ class TextDecoder(nn.Module):
         return self.core.run(embeds, start + torch.arange(T), attend, last_only=True)[:, -1]  # (1, V)
 
 
-def contract_modules(model, max_context: int) -> dict[str, nn.Module]:
+def contract(model, max_context: int) -> dict[str, nn.Module]:
     """The three methods over a deep copy of `model`'s parts, so quantizing them leaves `model` untouched."""
     parts = copy.deepcopy(nn.ModuleDict({"vision": model.vision, "projector": model.projector, "llm": model.llm}))
     table = parts["llm"].get_input_embeddings()
     table.padding_idx = None  # a padding index blocks the quantized embedding kernel (docs/dependencies.md)
-    return {
-        "vision_encoder": VisionEncoder(parts["vision"], parts["projector"], model.preprocess).eval(),
-        "token_embedding": TokenEmbedding(table).eval(),
-        "text_decoder": TextDecoder(parts["llm"], model.cfg.llm.arch, max_context).eval(),
-    }
+    return contract_modules(parts["vision"], parts["projector"], parts["llm"],
+                            lambda llm: TextDecoder(llm, model.cfg.llm.arch, max_context), model.preprocess)
 
 
-# ---- quantization: scheme name → what each method's modules get ---------------------------------------------
+# ---- quantization: the mechanisms a scheme's parts name ------------------------------------------------------
 def _is_linear(m: nn.Module, fqn: str = "") -> bool:
     """A linear to quantize: every one but MoE routers, which stay fp32 (a router's output is a discrete choice
     of experts that rounding flips, and it is E x D weights: nothing to save)."""
@@ -153,27 +126,17 @@ def _quant_int8_embedding(module: nn.Module) -> None:
     quantize_(module, config, filter_fn=lambda m, _: isinstance(m, nn.Embedding))
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """In-place quantizers per method; None keeps fp32."""
-
-    vision_encoder: Callable[[nn.Module], None] | None = None
-    token_embedding: Callable[[nn.Module], None] | None = None
-    text_decoder: Callable[[nn.Module], None] | None = None
-
-
-RECIPES: Registry[Recipe] = Registry("executorch quantization recipe")
-RECIPES.register("fp32")(Recipe())
-RECIPES.register("int8")(Recipe(_quant_int8_linears, _quant_int8_embedding, _quant_int8_linears))
-RECIPES.register("int4")(Recipe(_quant_int8_linears, _quant_int8_embedding, _quant_int4_linears))
+# the format's quantizers, by the names the `executorch` rows of quant/schemes.py give
+MECHANISMS: Registry[Callable[[nn.Module], None]] = Registry("executorch quantization mechanism")
+MECHANISMS.register("8da8w")(_quant_int8_linears)
+MECHANISMS.register("8da4w")(_quant_int4_linears)
+MECHANISMS.register("int8_rows")(_quant_int8_embedding)
 
 
 def quantize(methods: dict[str, nn.Module], scheme: Scheme) -> None:
-    recipe = RECIPES[scheme.name]
-    for name, module in methods.items():
-        quantizer = getattr(recipe, name)
-        if quantizer is not None:
-            quantizer(module)
+    """Each method's modules, in place, by its part's mechanism; parts without one stay fp32."""
+    for part, name in scheme.mechanisms().items():
+        MECHANISMS[name](methods[part])
 
 
 # ---- torch.export → edge → XNNPACK → .pte -------------------------------------------------------------------
@@ -214,7 +177,7 @@ def lower(programs: dict, metadata: dict) -> bytes:
 def write(model, scheme: Scheme, out_dir: Path) -> dict:
     """Write `model.pte` for `scheme` into `out_dir`; return the manifest's runtime fields."""
     max_context = model.cfg.llm.max_position_embeddings
-    methods = contract_modules(model, max_context)
+    methods = contract(model, max_context)
     quantize(methods, scheme)
     size = model.cfg.vision.image_size
     programs = export_programs(methods, size, model.cfg.llm.hidden_size, max_context)
@@ -237,3 +200,13 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
                              "<image>, the uint8 image, the text after",
         "max_context": max_context,
     }
+
+
+class ExecuTorch(Exporter):
+    mechanisms = MECHANISMS
+
+    def write(self, model, scheme: Scheme, out_dir: Path) -> dict:
+        return write(model, scheme, out_dir)
+
+
+EXPORTER = ExecuTorch()

@@ -1,9 +1,9 @@
 """GGUF export for llama.cpp: the LLM as a text model, the vision tower + projector as an mmproj file.
 
 llama.cpp splits a VLM in two GGUF files (format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
-- `model-<quant>.gguf`: the causal LM as the llama.cpp architecture of its family (`TEXT_ARCHS`: llama, phi2,
-  stablelm, phi3, qwen2), written the way llama.cpp's convert_hf_to_gguf.py writes the transformers model
-  (conversion/{llama,phi,stablelm,qwen}.py): tensor names from the gguf package's name map (Phi-3's fused
+- `model-<quant>.gguf`: the causal LM as the llama.cpp architecture its row of the architecture table names
+  (edgevlm.models.archs: llama, phi2, stablelm, phi3, qwen2), written the way llama.cpp's convert_hf_to_gguf.py
+  writes the transformers model (conversion/{llama,phi,stablelm,qwen}.py): tensor names from the gguf package's name map (Phi-3's fused
   qkv_proj / gate_up_proj stay fused: llama.cpp's phi3 graph splits them), q/k rows permuted to the rotary
   layout of llama.cpp's `llama` graph (the others rotate halves, as transformers does), the same hyperparameter
   keys (layer-norm or RMS-norm epsilon, rotary dims for partial rotary), the byte-level BPE tokenizer as
@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -35,75 +34,61 @@ import torch
 
 from edgevlm.bundle.tokenizer import TextTokenizer
 from edgevlm.errors import EdgeVLMError
+from edgevlm.export.base import Exporter
 from edgevlm.export.decoder import arch_spec, head_dim, rotary_dims
 from edgevlm.export.gguf_vision import clip_projector, write_mmproj
+from edgevlm.models.archs import ARCHS, GGUFSpec, Norm
 from edgevlm.models.checkpoint import unique_state
 from edgevlm.models.moe import MoE, decoder_layers
+from edgevlm.quant.schemes import Scheme
 from edgevlm.registry import Registry
 
 F32, F16, Q8_0 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0
 FT = gguf.LlamaFileType
 
 
-@dataclass(frozen=True)
-class GGUFQuant:
-    """What `--format gguf --quant NAME` writes."""
-
-    text_ftype: FT  # llama.cpp file type of the text model (anything but F16 goes through llama_model_quantize)
-    vision: gguf.GGMLQuantizationType  # type of the mmproj's weight matrices
-
-
-QUANTS: Registry[GGUFQuant] = Registry("GGUF quantization")
-QUANTS.register("f16")(GGUFQuant(FT.MOSTLY_F16, F16))
-QUANTS.register("q8_0")(GGUFQuant(FT.MOSTLY_Q8_0, Q8_0))
-QUANTS.register("q4_0")(GGUFQuant(FT.MOSTLY_Q4_0, Q8_0))
-QUANTS.register("q4_k")(GGUFQuant(FT.MOSTLY_Q4_K_M, Q8_0))
+# the format's quantizers, by the names the `gguf` rows of quant/schemes.py give: for the text model (token
+# embedding and decoder, one file) a llama.cpp file type (anything but F16 goes through llama_model_quantize),
+# for the mmproj (vision encoder) the type of its weight matrices
+TEXT_FILE_TYPES: Registry[FT] = Registry("GGUF text model file type")
+for _ft in (FT.MOSTLY_F16, FT.MOSTLY_Q8_0, FT.MOSTLY_Q4_0, FT.MOSTLY_Q4_K_M):
+    TEXT_FILE_TYPES.register(_ft.name)(_ft)
+MMPROJ_TYPES: Registry[gguf.GGMLQuantizationType] = Registry("GGUF mmproj tensor type")
+for _t in (F16, Q8_0):
+    MMPROJ_TYPES.register(_t.name)(_t)
+LLAMA_CPP_ARCHS = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}  # architecture name → enum
 
 
-
-@dataclass(frozen=True)
-class TextArch:
-    """How one of our LLM architectures is written as a llama.cpp architecture."""
-
-    arch: gguf.MODEL_ARCH
-    rms_norm: bool  # RMSNorm (`layer_norm_rms_epsilon`) or LayerNorm (`layer_norm_epsilon`)
-    activations: tuple[str, ...]  # transformers `hidden_act` values the llama.cpp graph computes (it fixes one)
-    permute_qk: bool = False  # llama's graph rotates interleaved pairs (rope type NORM); the rest halves (NEOX)
-    moe: bool = False  # its graph runs routed experts with MoE-LLaVA's routing
-
-    @property
-    def name(self) -> str:
-        return gguf.MODEL_ARCH_NAMES[self.arch]
+def gguf_spec(arch: str) -> GGUFSpec:
+    """How the architecture table's row `arch` is written for llama.cpp; refused if no llama.cpp graph has it."""
+    spec = ARCHS[arch].gguf
+    if spec is None:
+        raise EdgeVLMError(f"GGUF export writes LLM architectures {', '.join(a for a in ARCHS if ARCHS[a].gguf)}; "
+                           f"llama.cpp has no graph for {arch!r}")
+    return spec
 
 
-TEXT_ARCHS: Registry[TextArch] = Registry("LLM architecture for llama.cpp (GGUF)")
-TEXT_ARCHS.register("llama")(TextArch(gguf.MODEL_ARCH.LLAMA, True, ("silu",), permute_qk=True, moe=True))
-TEXT_ARCHS.register("qwen2")(TextArch(gguf.MODEL_ARCH.QWEN2, True, ("silu",)))
-TEXT_ARCHS.register("phi3")(TextArch(gguf.MODEL_ARCH.PHI3, True, ("silu",)))
-TEXT_ARCHS.register("phi")(TextArch(gguf.MODEL_ARCH.PHI2, False, ("gelu_new", "gelu_pytorch_tanh")))  # ggml_gelu: tanh
-TEXT_ARCHS.register("stablelm")(TextArch(gguf.MODEL_ARCH.STABLELM, False, ("silu",)))
-
-
-def write(model, scheme, out_dir: Path) -> dict:
+def write(model, scheme: Scheme, out_dir: Path) -> dict:
     """Write `model-<quant>.gguf` + `mmproj-<quant>.gguf` into `out_dir`; return the manifest's runtime fields."""
-    q = QUANTS[scheme.name]
+    text_ftype = TEXT_FILE_TYPES[scheme.text_decoder.mechanism]
+    vision_type = MMPROJ_TYPES[scheme.vision_encoder.mechanism]
     check_exportable(model)
     text, mmproj = f"model-{scheme.name}.gguf", f"mmproj-{scheme.name}.gguf"
-    if q.text_ftype == FT.MOSTLY_F16:
+    if text_ftype == FT.MOSTLY_F16:
         write_text_model(model, out_dir / text, f16=True)
         fallbacks: list[dict] = []
     else:
         master = out_dir / f".{text}.f32"
         write_text_model(model, master, f16=False)
-        fallbacks = quantize_text_model(master, out_dir / text, q.text_ftype)
+        fallbacks = quantize_text_model(master, out_dir / text, text_ftype)
         master.unlink()
-    vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, q.vision)
+    vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, vision_type)
     return {
         "text_model": text,
         "mmproj": mmproj,
-        "architecture": TEXT_ARCHS[model.cfg.llm.arch].name,
+        "architecture": gguf_spec(model.cfg.llm.arch).arch,
         "projector_type": clip_projector(model.cfg).projector_type,
-        "text_file_type": q.text_ftype.name,
+        "text_file_type": text_ftype.name,
         "tensor_types": {text: file_tensor_types(out_dir / text), mmproj: vision_types},
         "fallbacks": fallbacks + vision_fallbacks,
         "max_context": model.cfg.llm.max_position_embeddings,
@@ -113,13 +98,10 @@ def write(model, scheme, out_dir: Path) -> dict:
 def check_exportable(model) -> None:
     """Refuse, in one line, a model llama.cpp cannot run (before anything is written)."""
     cfg = model.cfg
-    if cfg.llm.arch not in TEXT_ARCHS:
-        raise EdgeVLMError(f"GGUF export writes LLM architectures {', '.join(TEXT_ARCHS)}; "
-                           f"this model's is {cfg.llm.arch!r}")
-    spec, hf = TEXT_ARCHS[cfg.llm.arch], model.llm.config
+    spec, hf = gguf_spec(cfg.llm.arch), model.llm.config
     arch_spec(hf, cfg.llm.arch)  # what the export decoder refuses (qk norms, sliding windows) llama.cpp gets wrong too
     if hf.hidden_act not in spec.activations:
-        raise EdgeVLMError(f"llama.cpp's {spec.name} graph computes {' / '.join(spec.activations)}, this model's "
+        raise EdgeVLMError(f"llama.cpp's {spec.arch} graph computes {' / '.join(spec.activations)}, this model's "
                            f"FFN uses {hf.hidden_act!r}")
     if cfg.moe.num_experts and not spec.moe:
         raise EdgeVLMError(f"llama.cpp has no MoE graph with a {cfg.llm.arch} layer (its MoE architectures use "
@@ -134,8 +116,8 @@ def check_exportable(model) -> None:
 def text_tensors(model) -> dict[str, np.ndarray]:
     """llama.cpp name → float32 array, q/k permuted as convert_hf_to_gguf.py's LlamaModel does."""
     cfg = model.cfg.llm
-    spec = TEXT_ARCHS[cfg.arch]
-    names = gguf.get_tensor_name_map(spec.arch, cfg.num_layers)
+    spec = gguf_spec(cfg.arch)
+    names = gguf.get_tensor_name_map(LLAMA_CPP_ARCHS[spec.arch], cfg.num_layers)
     out = {}
     for key, t in unique_state(model.llm).items():
         if model.cfg.moe.num_experts and ".mlp." in key:
@@ -176,8 +158,8 @@ def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_text_model(model, path: Path, f16: bool) -> None:
-    cfg, spec = model.cfg.llm, TEXT_ARCHS[model.cfg.llm.arch]
-    w = gguf.GGUFWriter(str(path), spec.name)
+    cfg, row = model.cfg.llm, ARCHS[model.cfg.llm.arch]
+    w = gguf.GGUFWriter(str(path), gguf_spec(cfg.arch).arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(f"edgevlm {model.cfg.family} LM")
     w.add_block_count(cfg.num_layers)
@@ -187,7 +169,7 @@ def write_text_model(model, path: Path, f16: bool) -> None:
     w.add_head_count(cfg.num_heads)
     w.add_head_count_kv(cfg.num_kv_heads)
     w.add_rope_freq_base(cfg.rope_theta)
-    if spec.rms_norm:
+    if row.norm is Norm.RMS:
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     else:
         w.add_layer_norm_eps(cfg.rms_norm_eps)
@@ -261,3 +243,15 @@ def quantize_text_model(src: Path, dst: Path, ftype: FT, threads: int = 0) -> li
 def file_tensor_types(path: Path) -> dict[str, str]:
     """Tensor name → GGML type, as written in a GGUF file."""
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+class GGUF(Exporter):
+    def write(self, model, scheme: Scheme, out_dir: Path) -> dict:
+        return write(model, scheme, out_dir)
+
+    def mechanism(self, part: str, name: str):
+        """The mmproj's tensor type for the vision encoder; the text model's file type for the other parts."""
+        return (MMPROJ_TYPES if part == "vision_encoder" else TEXT_FILE_TYPES)[name]
+
+
+EXPORTER = GGUF()

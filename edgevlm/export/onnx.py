@@ -31,12 +31,16 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
+from edgevlm.export.base import Exporter
+from edgevlm.export.contract import contract_modules
 from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
+from edgevlm.registry import Registry
 
 OPSET = 20
 WEIGHTS = "weights.bin"
 GRAPH_FILES = {"vision": "vision.onnx", "embedding": "embedding.onnx", "decoder": "decoder.onnx"}
+GRAPHS = {"vision_encoder": "vision", "token_embedding": "embedding", "text_decoder": "decoder"}  # part → graph
 PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
 ROUTER = "deepspeed_moe.gate.wg"  # module path of an MoE router, in the exporter's node metadata
 ROUTER_NODE = "router/"  # name prefix export_graphs gives the routers' nodes (the metadata is stripped after)
@@ -79,17 +83,6 @@ class PastPresentDecoder(nn.Module):
         return logits, *present
 
 
-class _Method(nn.Module):
-    """One method of the EdgeVLM as a module's forward; the model is a submodule, so weights keep their names."""
-
-    def __init__(self, model: nn.Module, method: str):
-        super().__init__()
-        self.model, self.method = model, method
-
-    def forward(self, x):
-        return getattr(self.model, self.method)(x)
-
-
 def kv_names(layers: int, pattern: str) -> list[str]:
     return [pattern % (i, kv) for i in range(layers) for kv in ("key", "value")]
 
@@ -97,15 +90,17 @@ def kv_names(layers: int, pattern: str) -> list[str]:
 def export_graphs(model) -> dict[str, onnx.ModelProto]:
     """The three fp32 graphs of an EdgeVLM, with named dynamic axes."""
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past", min=0)
-    dec = PastPresentDecoder(model.llm, model.cfg.llm.arch).eval()
+    parts = contract_modules(model.vision, model.projector, model.llm,
+                             lambda llm: PastPresentDecoder(llm, model.cfg.llm.arch))
+    dec = parts["text_decoder"]
     core = dec.core
     L, D = core.num_layers, model.cfg.llm.hidden_size
     size = model.cfg.vision.image_size
     empty = [torch.zeros(1, core.num_kv_heads, 3, core.head_dim) for _ in range(2 * L)]  # (1, H_kv, P, hd)
     specs = {
-        "vision": (_Method(model, "encode_image"), (torch.zeros(1, 3, size, size),), ["pixel_values"],
-                   ["image_embeds"], ({0: batch},)),
-        "embedding": (_Method(model, "embed"), (torch.zeros(1, 4, dtype=torch.long),), ["input_ids"],
+        "vision": (parts["vision_encoder"], (torch.zeros(1, 3, size, size),), ["pixel_values"], ["image_embeds"],
+                   ({0: batch},)),
+        "embedding": (parts["token_embedding"], (torch.zeros(1, 4, dtype=torch.long),), ["input_ids"],
                       ["inputs_embeds"], ({0: batch, 1: seq},)),
         "decoder": (dec, (torch.zeros(1, 4, D), torch.ones(1, 7, dtype=torch.long), torch.arange(3, 7)[None], empty),
                     ["inputs_embeds", "attention_mask", "position_ids", *kv_names(L, PAST)],
@@ -164,7 +159,7 @@ def quiet():
             log.setLevel(level)
 
 
-# ---- quantization recipes: ModelProto → ModelProto ----------------------------------------------------------------
+# ---- quantization mechanisms: ModelProto → ModelProto -------------------------------------------------------------
 def to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
@@ -211,13 +206,11 @@ def int4_block32(graph: onnx.ModelProto) -> onnx.ModelProto:
     return dynamic_int8(quantizer.model.model, nodes=head) if head else quantizer.model.model
 
 
-# scheme name → graph → recipe; graphs not listed stay fp32 (the `onnx` rows of quant/schemes.py)
-RECIPES: dict[str, dict[str, Callable]] = {
-    "fp32": {},
-    "fp16": {"vision": to_fp16, "embedding": to_fp16, "decoder": to_fp16},
-    "int8": {"vision": dynamic_int8, "decoder": dynamic_int8},
-    "int4": {"vision": dynamic_int8, "decoder": int4_block32},
-}
+# the format's quantizers (ModelProto → ModelProto), by the names the `onnx` rows of quant/schemes.py give
+MECHANISMS: Registry[Callable[[onnx.ModelProto], onnx.ModelProto]] = Registry("onnx quantization mechanism")
+MECHANISMS.register("fp16")(to_fp16)
+MECHANISMS.register("dynamic_int8")(dynamic_int8)
+MECHANISMS.register("int4_block32")(int4_block32)
 
 
 # ---- files --------------------------------------------------------------------------------------------------------
@@ -260,8 +253,8 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
     from edgevlm.export import onnx_genai
 
     graphs = export_graphs(model)
-    for name, recipe in RECIPES[scheme.name].items():
-        graphs[name] = recipe(graphs[name])
+    for part, name in scheme.mechanisms().items():  # parts without a mechanism stay fp32
+        graphs[GRAPHS[part]] = MECHANISMS[name](graphs[GRAPHS[part]])
     fields = {"graphs": {name: {"file": GRAPH_FILES[name], **graph_io(g), "ops": op_counts(g)}
                          for name, g in graphs.items()}}
     externalize(list(graphs.values()), out_dir / WEIGHTS)
@@ -282,3 +275,13 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
         "genai": onnx_genai.write_config(model, out_dir, head_dim),
     })
     return fields
+
+
+class ONNX(Exporter):
+    mechanisms = MECHANISMS
+
+    def write(self, model, scheme: Scheme, out_dir: Path) -> dict:
+        return write(model, scheme, out_dir)
+
+
+EXPORTER = ONNX()

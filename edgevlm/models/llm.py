@@ -6,29 +6,17 @@ peft's LoRA apply unchanged.
 
 from __future__ import annotations
 
-from transformers import (
-    AutoModelForCausalLM,
-    LlamaConfig,
-    PhiConfig,
-    Phi3Config,
-    PretrainedConfig,
-    Qwen2Config,
-    StableLmConfig,
-)
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from edgevlm.config import LLMConfig
-from edgevlm.registry import Registry
-
-LLM_ARCHS: Registry[type[PretrainedConfig]] = Registry("LLM architecture")
-for _name, _cls in {"llama": LlamaConfig, "phi": PhiConfig, "phi3": Phi3Config, "stablelm": StableLmConfig,
-                    "qwen2": Qwen2Config}.items():
-    LLM_ARCHS.register(_name)(_cls)
+from edgevlm.models.archs import ARCHS
 
 
 ATTENTION = "sdpa"  # what towers and LLMs are built with (the trainer switches it while training on CPU)
 
 
 def hf_config(cfg: LLMConfig) -> PretrainedConfig:
+    arch = ARCHS[cfg.arch]
     kwargs = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -41,11 +29,8 @@ def hf_config(cfg: LLMConfig) -> PretrainedConfig:
         tie_word_embeddings=cfg.tie_word_embeddings,
         attn_implementation=ATTENTION,
     )
-    if cfg.arch in ("phi", "stablelm"):
-        kwargs["layer_norm_eps"] = cfg.rms_norm_eps
-    else:
-        kwargs["rms_norm_eps"] = cfg.rms_norm_eps
-    return LLM_ARCHS[cfg.arch](**kwargs, **cfg.extra)
+    kwargs[arch.norm.value] = cfg.rms_norm_eps  # LLMConfig.rms_norm_eps is the norm's epsilon, either kind
+    return arch.hf_config(**kwargs, **cfg.extra)
 
 
 def build_llm(cfg: LLMConfig):

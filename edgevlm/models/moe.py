@@ -27,7 +27,7 @@ no token is ever dropped (DeepSpeed drops tokens beyond `capacity_factor`; expor
 routing noise either: DeepSpeed picks the second expert of top-2 with Gumbel noise added to the logits; we
 take the plain second-largest, so routing is deterministic and equal in every runtime. `MoE.forward` runs
 each expert on its tokens only; `MoE.forward_dense` gives the same result with static shapes (every expert
-on every token, weight 0 off the top-k), the form an exporter can trace.
+on every token, weight 0 off the top-k), the one form every exporter traces.
 
 Load-balancing loss over the S tokens of a forward pass (GShard / DeepSpeed `top2gating`, which uses only
 each token's first choice): `aux = E * sum_e mean_s(p[s, e]) * mean_s(idx[s, 0] == e)`; it is 1 for perfectly
@@ -152,16 +152,21 @@ class MoE(nn.Module):
         return out.reshape(x.shape)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
-        """The same result with static shapes: every expert on every token, unselected ones weighted 0.
+        """The same result with static shapes: every expert on every token, weighted by a gate zero off the top-k.
 
-        The export-friendly variant (no data-dependent shapes); E/k times the FFN compute of `forward`.
+        The export form (every exporter's decoder runs it; no data-dependent shapes, no routing statistics
+        kept); E/k times the FFN compute of `forward`. x (B, T, D) → (B, T, D). The router logits are
+        TopKGate's (fp32 input, fp32 weights), taken on the 3-D input so that every projection stays a batched
+        MatMul (a 2-D one becomes an ONNX Gemm, which onnxruntime's int4 quantizer mishandles) and through the
+        `wg` module, so that exporters can find the router by its module path and keep it unquantized.
         """
-        tokens = x.reshape(-1, x.shape[-1])  # (S, D)
-        weights, idx = self._route(tokens)
-        combine = torch.zeros(tokens.shape[0], self.num_experts, dtype=tokens.dtype, device=tokens.device)
-        combine = combine.scatter(1, idx, weights)  # (S, E)
-        outs = torch.stack([expert(tokens) for expert in self.experts], dim=1)  # (S, E, D)
-        return (combine[..., None] * outs).sum(1).reshape(x.shape)
+        gate = self.deepspeed_moe.gate
+        logits = gate.wg(x.float())  # (B, T, E)
+        weights, idx, _ = route(logits.reshape(-1, self.num_experts), gate.k)  # (S, k) fp32, (S, k)
+        chosen = idx[..., None] == torch.arange(self.num_experts)  # (S, k, E)
+        combine = (chosen.to(weights.dtype) * weights[..., None]).sum(1).reshape(logits.shape)  # (B, T, E)
+        outs = torch.stack([expert(x) for expert in self.experts], dim=-2)  # (B, T, E, D)
+        return (combine.to(x.dtype)[..., None] * outs).sum(-2)
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:

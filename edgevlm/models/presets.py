@@ -5,7 +5,8 @@ Real-size presets reproduce the upstream checkpoints' architectures (the numbers
 fills them with the upstream weights. Tiny presets keep the real image geometry (CLIP 336/14: 576 patches, 144
 tokens after LDP / LDPv2; SigLIP 384/14: 27 x 27 = 729 patches) and the family's own LLM architecture, and
 shrink only widths and depths, because runtimes hard-code geometry (llama.cpp's LDPv2 graph assumes 24 x 24
-patches). Their LLM vocabulary is the locally trained `shapes` tokenizer's.
+patches). Their LLM vocabulary is the locally trained `shapes` tokenizer's, their prompt template `edgevlm`.
+Each preset's family (template, default projector) is its row in `models.families.FAMILIES`, which lists it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Callable
 
 from edgevlm.config import LLMConfig, MoEConfig, ProjectorConfig, VisionConfig, VisionKind, VLMConfig
 from edgevlm.data.tokenizer import SHAPES_VOCAB
+from edgevlm.models.families import FAMILIES
 from edgevlm.registry import Registry
 
 PRESETS: Registry[Callable[[], VLMConfig]] = Registry("preset")
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)
+TINY_TEMPLATE = "edgevlm"  # the `shapes` prompts the tiny twins are trained on
 
 
 def preset(name: str):
@@ -108,8 +111,8 @@ def tiny_llm(arch: str, eps: float = 1e-6, **extra) -> LLMConfig:
 
 def tiny_vlm(family: str, projector: str, **projector_kw) -> VLMConfig:
     """The tiny shape the MobileVLM twins share: CLIP-336/14 geometry, a 4-layer 128-wide Llama."""
-    return VLMConfig(family=family, template="edgevlm", vision=tiny_tower(VisionKind.CLIP),
-                     projector=ProjectorConfig(kind=projector, **projector_kw), llm=tiny_llm("llama"))
+    return FAMILIES[family].config(tiny_tower(VisionKind.CLIP), tiny_llm("llama"),
+                                   ProjectorConfig(kind=projector, **projector_kw), template=TINY_TEMPLATE)
 
 
 # ---- MobileVLM --------------------------------------------------------------------------------------------------
@@ -127,8 +130,7 @@ def mobilevlm_v2_tiny() -> VLMConfig:
 
 def mobilevlm(projector: str, llm: LLMConfig) -> VLMConfig:
     """CLIP ViT-L/14-336 (hidden_states[-2], patch tokens) + LDP / LDPv2 + MobileLLaMA, Vicuna v1 prompts."""
-    return VLMConfig(family="mobilevlm", template="vicuna_v1", vision=clip_vit_l_336(),
-                     projector=ProjectorConfig(kind=projector), llm=llm)
+    return FAMILIES["mobilevlm"].config(clip_vit_l_336(), llm, ProjectorConfig(kind=projector))
 
 
 @preset("mobilevlm-1.7b")
@@ -156,8 +158,7 @@ def tinyllava_phi2_siglip() -> VLMConfig:
 
     The Factory takes hidden_states[-2] with its "patch" strategy, which drops token 0 for SigLIP as for CLIP:
     728 image tokens."""
-    return VLMConfig(family="tinyllava", template="vicuna_v1", vision=siglip_so400m(drop_first_token=True),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"), llm=phi2())
+    return FAMILIES["tinyllava"].config(siglip_so400m(drop_first_token=True), phi2())
 
 
 @preset("tinyllava-tinyllama-siglip-1.5b")
@@ -166,22 +167,20 @@ def tinyllava_tinyllama_siglip() -> VLMConfig:
 
     Its SigLIP tower is stored without its last block and its output taken (= hidden_states[-2] of the full
     tower), all 729 patches."""
-    return VLMConfig(family="tinyllava", template="vicuna_v1", vision=siglip_so400m(num_layers=26, feature_layer=-1),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"), llm=tinyllama_1_1b())
+    return FAMILIES["tinyllava"].config(siglip_so400m(num_layers=26, feature_layer=-1), tinyllama_1_1b())
 
 
 @preset("tinyllava-tiny")
 def tinyllava_tiny() -> VLMConfig:
     """TinyLLaVA-Phi-2-SigLIP's shape, shrunk: SigLIP 384/14 (728 tokens, Factory rule), mlp2x_gelu, Phi."""
-    return VLMConfig(family="tinyllava", template="edgevlm", vision=tiny_tower(VisionKind.SIGLIP, drop_first_token=True),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"), llm=tiny_llm("phi", 1e-5, **PHI2_EXTRA))
+    return FAMILIES["tinyllava"].config(tiny_tower(VisionKind.SIGLIP, drop_first_token=True),
+                                        tiny_llm("phi", 1e-5, **PHI2_EXTRA), template=TINY_TEMPLATE)
 
 
 # ---- Bunny ------------------------------------------------------------------------------------------------------
 def bunny(llm: LLMConfig) -> VLMConfig:
     """Bunny (arXiv:2402.11530): SigLIP-so400m hidden_states[-2] (all 729 patches) + mlp2x_gelu, `bunny` prompts."""
-    return VLMConfig(family="bunny", template="bunny", vision=siglip_so400m(),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"), llm=llm)
+    return FAMILIES["bunny"].config(siglip_so400m(), llm)
 
 
 @preset("bunny-v1.0-3b")
@@ -199,15 +198,14 @@ def bunny_v1_0_4b() -> VLMConfig:
 @preset("bunny-tiny")
 def bunny_tiny() -> VLMConfig:
     """Bunny-v1.0-3B's shape, shrunk: SigLIP 384/14 (729 tokens), mlp2x_gelu, Phi."""
-    return VLMConfig(family="bunny", template="edgevlm", vision=tiny_tower(VisionKind.SIGLIP),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"), llm=tiny_llm("phi", 1e-5, **PHI2_EXTRA))
+    return FAMILIES["bunny"].config(tiny_tower(VisionKind.SIGLIP), tiny_llm("phi", 1e-5, **PHI2_EXTRA),
+                                    template=TINY_TEMPLATE)
 
 
 # ---- MoE-LLaVA --------------------------------------------------------------------------------------------------
 def moe_llava(llm: LLMConfig) -> VLMConfig:
     """MoE-LLaVA (arXiv:2401.15947): CLIP ViT-L/14-336 + mlp2x_gelu + an LM whose every 2nd FFN is 4 experts, top-2."""
-    return VLMConfig(family="moe-llava", template="vicuna_v1", vision=clip_vit_l_336(),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"), llm=llm, moe=MoEConfig(num_experts=4, top_k=2))
+    return FAMILIES["moe-llava"].config(clip_vit_l_336(), llm, moe=MoEConfig(num_experts=4, top_k=2))
 
 
 @preset("moe-llava-stablelm-1.6bx4")
@@ -225,9 +223,8 @@ def moe_llava_phi2() -> VLMConfig:
 @preset("moe-llava-tiny")
 def moe_llava_tiny() -> VLMConfig:
     """MoE-LLaVA-StableLM's shape, shrunk: CLIP 336/14 (576 tokens), mlp2x_gelu, StableLM with 4 experts, top-2."""
-    return VLMConfig(family="moe-llava", template="edgevlm", vision=tiny_tower(VisionKind.CLIP),
-                     projector=ProjectorConfig(kind="mlp2x_gelu"),
-                     llm=tiny_llm("stablelm", 1e-5, **STABLELM2_EXTRA), moe=MoEConfig(num_experts=4, top_k=2))
+    return FAMILIES["moe-llava"].config(tiny_tower(VisionKind.CLIP), tiny_llm("stablelm", 1e-5, **STABLELM2_EXTRA),
+                                        template=TINY_TEMPLATE, moe=MoEConfig(num_experts=4, top_k=2))
 
 
 # Towers that upstream configs name by hub id; `edgevlm convert` uses these numbers when the tower's weights are
