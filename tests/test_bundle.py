@@ -49,8 +49,18 @@ def test_manifest_round_trip(bundle, tiny_model):
 
 
 def test_manifests_written_before_the_spec_still_open(bundle):
-    edit(bundle, lambda m: m.pop("spec_version"))
+    """Spec 0: no spec_version, the quantization parts under their old names."""
+    def legacy(m):
+        m.pop("spec_version")
+        q = m["quantization"]
+        m["quantization"] = {"name": q["name"], "llm": q["text_decoder"], "vision": q["vision_encoder"],
+                             "embedding": q["token_embedding"], "bits": q["bits"]}
+
+    edit(bundle, legacy)
     assert open_bundle(bundle).format == "onnx"
+    edit(bundle, lambda m: m.update(spec_version=SPEC_VERSION))  # the old names are not 1.0's
+    with pytest.raises(EdgeVLMError, match="quantization: Additional properties are not allowed"):
+        open_bundle(bundle)
 
 
 @pytest.mark.parametrize("damage, needle", [
