@@ -365,8 +365,9 @@ rounded to float16 values: the same bits on any CPU).
 {rows}
 
 ## Comparing
-Integers, strings and hashes compare exactly. Floats from a runtime compare with a tolerance: between two
-regenerations here they are equal; a client on another engine (onnxruntime-web, llama.cpp's C++ API,
+Every file here is byte-deterministic (two regenerations, with 1 and 2 torch threads, gave the same bytes),
+so `tests/test_goldens.py` compares every file by sha256 and vectors.json value by value: integers, strings
+and hashes exactly, floats within 1e-4 (relative and absolute; here they are equal); a client on another engine (onnxruntime-web, llama.cpp's C++ API,
 ExecuTorch's C++ runtime) should match fp32 bundles to ~1e-4 relative, and quantized bundles produce the same
 greedy tokens (their `min_top2_gap` says by how much). ONNX int4 uses `MatMulNBits` at accuracy level 4, whose
 x86 kernel quantizes activations to int8 and whose wasm kernel does not: its logits differ more there, its

@@ -1,9 +1,9 @@
 """The golden vectors (tests/goldens/): the committed files are consistent and small, and regenerating them
 (`edgevlm goldens`) gives the same files: bytes where the export is byte-deterministic, values otherwise.
 
-The regeneration trains the golden model (~15 s) and exports six bundles (ExecuTorch lowering is most of the
-~3 minutes on 2 cores): it is one module-scoped fixture, so `--durations` shows its whole cost on the setup of
-`test_goldens_regenerate_identical`.
+The regeneration trains the golden model (~15 s) and exports six bundles (ExecuTorch lowering is most of it:
+2-4 minutes on the shared 2 cores, 119 s when measured). It is one module-scoped fixture, so `--durations`
+shows its whole cost on the setup of `test_goldens_regenerate_identical`.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def regenerated(tmp_path_factory) -> Path:
 
 
 def test_goldens_regenerate_identical(regenerated, committed):
-    """Slow (~3 min): every committed file again, byte for byte (NOT_BYTE_IDENTICAL: same vectors instead)."""
+    """Slow (2-4 min): every committed file again, byte for byte (NOT_BYTE_IDENTICAL: same vectors instead)."""
     new, old = files(regenerated), files(GOLDENS)
     assert sorted(new) == sorted(old)
     differ = [name for name in old if name not in NOT_BYTE_IDENTICAL and name != VECTORS
