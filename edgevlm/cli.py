@@ -304,6 +304,21 @@ def _run_quickstart(a):
 
 
 
+def _add_goldens(p):
+    p.add_argument("--out", required=True, type=Path, help="directory to (re)write, e.g. tests/goldens")
+
+
+@command("goldens", "write the golden vectors and bundles every bundle client tests against (tests/goldens)",
+         _add_goldens)
+def _run_goldens(a):
+    from edgevlm.goldens import write_goldens
+
+    out = write_goldens(a.out)
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote the goldens to {out} ({total / 1e6:.2f} MB)")
+
+
+
 def _add_info(p):
     p.add_argument("--model", type=Path, default=None, help="a model dir to describe")
 

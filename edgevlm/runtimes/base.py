@@ -42,6 +42,16 @@ class Timing:
         return {**asdict(self), "ttft_ms": self.ttft_ms}
 
 
+@dataclass
+class Trace:
+    """The numbers inside one greedy run, for the golden vectors (tests/goldens/) that every client checks."""
+
+    image_embeds: np.ndarray  # (N_img, D) float32: what the vision encoder gave the decoder
+    prompt_positions: int  # prefill length, image tokens included
+    logits: list[np.ndarray]  # (V,) float32 before each generated token: after prefill, then after each step
+    tokens: list[int]  # the greedy tokens (EOS does not stop the run)
+
+
 class Runtime(ABC):
     """Answers questions about an image from a bundle's files, greedily."""
 
@@ -81,6 +91,10 @@ class Runtime(ABC):
     def profile(self, image, question: str, new_tokens: int) -> Timing:
         """Generate exactly `new_tokens` greedily (EOS does not stop it) and time each phase."""
         raise NotImplementedError(f"{type(self).__name__} cannot be profiled")
+
+    def trace(self, image, question: str, new_tokens: int) -> Trace:
+        """Generate exactly `new_tokens` greedily (EOS does not stop it), keeping every step's logits."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be traced")
 
 
 class ContractRuntime(Runtime):
@@ -133,6 +147,22 @@ class ContractRuntime(Runtime):
             logits = self.text_decoder(self.token_embedding(np.asarray([tok], dtype=np.int64)), pos)
             pos += 1
         return new
+
+    def trace(self, image, question: str, new_tokens: int) -> Trace:
+        # copies: an engine may hand out its own output buffer, which its next call overwrites
+        image_embeds = np.array(self.encode_image(image), dtype=np.float32)
+        embeds = self.prefill_embeds(image_embeds, question)
+        if len(embeds) + new_tokens > self.bundle.max_context:
+            raise EdgeVLMError(f"{len(embeds)} prompt positions + {new_tokens} new tokens exceed the bundle's "
+                               f"context of {self.bundle.max_context}", self.bundle.path)
+        self.reset()
+        logits, tokens = [self.text_decoder(embeds, 0).copy()], []
+        for step in range(new_tokens):
+            tokens.append(int(np.argmax(logits[-1])))
+            if step + 1 < new_tokens:
+                ids = np.asarray(tokens[-1:], dtype=np.int64)
+                logits.append(self.text_decoder(self.token_embedding(ids), len(embeds) + step).copy())
+        return Trace(image_embeds, len(embeds), logits, tokens)
 
     def profile(self, image, question: str, new_tokens: int) -> Timing:
         e = [self.engine_s]

@@ -23,7 +23,7 @@ import numpy as np
 from edgevlm.bundle.tokenizer import split_at_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.bundle.manifest import Bundle
-from edgevlm.runtimes.base import Runtime, Timing
+from edgevlm.runtimes.base import Runtime, Timing, Trace
 from edgevlm.config import MAX_NEW_TOKENS
 
 _WARN, _ERROR, _CONT = 2, 3, 5  # ggml_log_level
@@ -198,6 +198,17 @@ class LlamaCppRuntime(Runtime):
         return Timing((t1 - t0) * 1e3, prompt_positions, (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3,
                       self.engine_split(e))
 
+    def trace(self, image, question: str, new_tokens: int) -> Trace:
+        with self._image_chunk(image) as (chunk, embd):
+            pos = self._prefill(chunk, embd, self.bundle.prompt_ids(question), new_tokens)
+            prompt_positions, logits, tokens = pos, [self._logits().copy()], []
+            for step in range(new_tokens):
+                tokens.append(int(np.argmax(logits[-1])))
+                if step + 1 < new_tokens:
+                    pos = self._decode(tokens[-1:], pos)
+                    logits.append(self._logits().copy())
+        return Trace(embd.reshape(self.bundle.image_tokens, -1), prompt_positions, logits, tokens)
+
     def _generate(self, chunk, embd: np.ndarray, ids: list[int], max_new_tokens: int) -> list[int]:
         limit, eos = self.bundle.max_context, self.bundle.tokenizer.eos_id
         pos = self._prefill(chunk, embd, ids)
@@ -230,9 +241,12 @@ class LlamaCppRuntime(Runtime):
             raise EdgeVLMError(f"llama.cpp failed to decode the image ({log.last_error() or rc})", self.bundle.path)
         return self._decode(after, new_pos.value)
 
+    def _logits(self) -> np.ndarray:
+        """The last decoded position's logits (V,), a view of llama.cpp's buffer: valid until the next decode."""
+        return np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+
     def _argmax(self) -> int:
-        logits = np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
-        return int(np.argmax(logits))
+        return int(np.argmax(self._logits()))
 
     def _decode(self, ids: list[int], pos: int) -> int:
         """Run `ids` at positions pos.. (logits for the last one); returns the next position."""
