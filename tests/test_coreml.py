@@ -24,7 +24,7 @@ from edgevlm.export.coreml_decoder import CoreMLTextDecoder  # noqa: E402
 from edgevlm.export.decoder import StaticCacheDecoder  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402
 from edgevlm.quant.schemes import scheme  # noqa: E402
-from edgevlm.runtimes.coreml import causal_mask  # noqa: E402
+from edgevlm.engines.coreml import causal_mask  # noqa: E402
 
 PARITY_LIMIT = 100  # questions of the parity slice (103: whole images) run through the torch program
 MIN_IDENTICAL = {"fp16": 1.0, "int8": 0.92, "int4": 0.85}  # measured: 1.0, 0.94, 0.96 (2026-12-01)

@@ -60,8 +60,22 @@ def measure(req: dict) -> dict:
 
         ev = evaluate(runtime, req["eval"], limit=req.get("eval_limit"), progress=False)
         result["accuracy"], result["eval_n"] = ev.accuracy, ev.n
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    result["peak_rss_bytes"] = peak_rss_bytes()
     return result
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set. Linux: VmHWM of /proc/self/status, because `ru_maxrss` survives
+    exec and would report the bench runner's memory at the moment it started this worker whenever that is
+    larger (every small bundle measured the runner, not the runtime)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB (macOS: bytes)
 
 
 def time_split(runs: list) -> dict:

@@ -31,7 +31,7 @@ from edgevlm.export.contract import contract_modules
 from edgevlm.export.coreml_decoder import CoreMLTextDecoder
 from edgevlm.quant.schemes import PARTS, Scheme
 from edgevlm.registry import Registry
-from edgevlm.runtimes.coreml import CAN_PREDICT, causal_mask
+from edgevlm.engines.coreml import CAN_PREDICT, causal_mask
 
 VISION_FILE, DECODER_FILE = "VisionEncoder.mlpackage", "TextDecoder.mlpackage"
 TARGET, SPEC_VERSION = "iOS18", 9  # the first target with states and per-block int4 (specification version 9)

@@ -24,7 +24,7 @@ from edgevlm.export import coreml
 from edgevlm.bundle.manifest import Bundle, open_bundle
 from edgevlm.export.verify import verify
 from edgevlm.runtimes.base import ContractRuntime
-from edgevlm.runtimes.coreml import NO_PREDICTION, causal_mask
+from edgevlm.engines.coreml import NO_PREDICTION, causal_mask
 from edgevlm.config import MAX_NEW_TOKENS
 
 DTYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32"}  # manifest → spec ArrayDataType

@@ -227,7 +227,7 @@ def quantize_text_model(src: Path, dst: Path, ftype: FT, threads: int = 0) -> li
     """llama.cpp's quantizer on `src` → `dst`; returns the per-tensor fallbacks it logged."""
     import llama_cpp
 
-    from edgevlm.runtimes.llamacpp import llama_log
+    from edgevlm.engines.llamacpp import llama_log
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)

@@ -18,20 +18,8 @@ import numpy as np
 
 from edgevlm.errors import EdgeVLMError
 from edgevlm.bundle.manifest import Bundle
+from edgevlm.engines.coreml import CAN_PREDICT, NO_PREDICTION, causal_mask
 from edgevlm.runtimes.base import ContractRuntime
-
-CAN_PREDICT = platform.system() == "Darwin"
-NO_PREDICTION = "CoreML prediction needs macOS"
-
-
-def causal_mask(start: int, length: int) -> np.ndarray:
-    """`text_decoder`'s mask for positions start .. start+length-1: (1, 1, T, E = start+T), 0 or -inf.
-
-    Its last dimension tells the program where the call ends (the start position comes from shapes)."""
-    end = start + length
-    allowed = np.arange(end)[None, :] <= np.arange(start, end)[:, None]  # (T, E)
-    return np.where(allowed, 0.0, -np.inf).astype(np.float32)[None, None]
-
 
 class CoreMLRuntime(ContractRuntime):
     name = "coreml"
