@@ -4,6 +4,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { openBundle } from "../src/bundle.js";
+import { dirSource } from "./dir-source.mjs";
+
+export { dirSource };
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const GOLDENS = resolve(process.env.EDGEVLM_GOLDENS ?? join(here, "..", "..", "..", "tests", "goldens"));
@@ -13,16 +16,6 @@ export const vectors = JSON.parse(readFileSync(join(GOLDENS, "vectors.json"), "u
 export function goldenPath(rel, sub) {
   for (const p of [join(GOLDENS, rel), join(GOLDENS, sub, rel)]) if (existsSync(p)) return p;
   throw new Error(`golden file ${rel} not found under ${GOLDENS}`);
-}
-
-/** A source (bundle.js) reading a directory, optionally with some files' bytes replaced. */
-export function dirSource(dir, replaced = {}) {
-  return async (name) => {
-    if (name in replaced) return replaced[name];
-    const p = join(dir, name);
-    if (!existsSync(p)) throw new Error(`${name}: missing`);
-    return new Uint8Array(readFileSync(p));
-  };
 }
 
 export const onnxBundles = vectors.bundles.filter((b) => b.format === "onnx");
