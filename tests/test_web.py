@@ -9,6 +9,7 @@ built from the tiny trained model by tests/web_goldens.py.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -62,13 +63,26 @@ def vectors(goldens) -> dict:
 
 
 def tap_failures(tap: str) -> list[str]:
-    """Names of the failing tests in node's TAP output, each with the first line of its error."""
+    """Each failing test in node's TAP output: its name, then its error (the YAML block's `error:` value)."""
     failures, lines = [], tap.splitlines()
     for i, line in enumerate(lines):
-        m = re.match(r"\s*not ok \d+ - (.*)", line)
-        if m:
-            error = next((ln.strip() for ln in lines[i + 1 : i + 40] if ln.strip().startswith("error:")), "")
-            failures.append(f"{m.group(1)} {error}".strip())
+        m = re.match(r"(\s*)not ok \d+ - (.*)", line)
+        if not m:
+            continue
+        error, block = [], lines[i + 1 : i + 60]
+        for j, ln in enumerate(block):
+            if ln.strip() == "...":
+                break
+            if ln.strip().startswith("error:"):
+                head = ln.strip()[len("error:"):].strip()
+                if head in ("|-", "|", ">-", ">"):  # a multi-line value: the lines indented below it
+                    indent = len(ln) - len(ln.lstrip())
+                    error += [b.strip() for b in itertools.takewhile(
+                        lambda b: len(b) - len(b.lstrip()) > indent, block[j + 1 :])]
+                else:
+                    error.append(head.strip("'\""))
+                break
+        failures.append(f"{m.group(2)}: " + " ".join(error[:12]))
     return failures
 
 
@@ -81,8 +95,9 @@ def test_node_unit_tests(node, goldens):
         if line.startswith("# ") and not line.startswith("# Subtest"):
             print(line)  # the summary counts and the int4 agreement figure
     failures = tap_failures(proc.stdout)
-    assert not failures and proc.returncode == 0, "node --test failed:\n" + "\n".join(
-        failures or [proc.stdout[-2000:], proc.stderr[-2000:]])
+    if failures or proc.returncode:
+        pytest.fail("node --test failed:\n  " + "\n  ".join(failures or [proc.stdout[-2000:], proc.stderr[-2000:]]),
+                    pytrace=False)
     assert re.search(r"^# pass [1-9]", proc.stdout, re.M)
 
 
