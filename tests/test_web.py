@@ -190,6 +190,16 @@ def test_browser_screenshot_shows_an_answer(browser_answers):
     assert answers[0]["text"]
 
 
+def test_browser_bundle_picked_as_a_directory(node, goldens, vectors, served):
+    """The directory picker path (files read with File.arrayBuffer, not fetched) gives the same answer."""
+    url, _ = served
+    entry = next(e for e in vectors["bundles"] if e["format"] == "onnx" and e["quant"] == "fp32")
+    job = {"bundleDir": str(goldens / entry["dir"]), "image": str(goldens / entry["image"]),
+           "questions": [{"question": entry["question"], "maxNewTokens": entry.get("max_new_tokens") or 16}]}
+    result = run_browser(node, {"url": url, "jobs": [job]})
+    assert result["results"][0]["ids"] == entry["greedy_ids"]
+
+
 def test_bad_bundle_is_a_one_line_message_in_the_page(node, goldens, vectors, tmp_path):
     """A bundle whose weights were changed: the page shows the file and the reason, on one line."""
     entry = next(e for e in vectors["bundles"] if e["format"] == "onnx")

@@ -3,8 +3,9 @@
 //
 //   node tools/browser.mjs '{"url": "http://127.0.0.1:PORT/", "jobs": [...], "screenshot": "out.png"}'
 //
-// A job is {bundle, image, questions: [{question, maxNewTokens}], threads?, bench?: {question, newTokens, runs}}:
-// the page loads the bundle from its URL (bundle: path under the page), the image through the file picker,
+// A job is {bundle | bundleDir, image, questions: [{question, maxNewTokens}], threads?, bench?: {question, newTokens,
+// runs, warmup}}: the page loads the bundle from its URL (bundle: path under the page) or from a directory picked
+// in its file picker (bundleDir: a local path), the image through the file picker,
 // then answers each question through the form (or runs window.edgevlm.bench). Prints one JSON object:
 // {browser, results: [{bundle, question, ids, text, ...timings} | {bundle, error}], bench: [...]}.
 // Every wait is bounded; any failure exits non-zero with one line on stderr.
@@ -31,9 +32,11 @@ async function runJob(context, url, job, timeout) {
   const problems = [];
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("console", (m) => m.type() === "error" && problems.push(`console: ${m.text()}`));
-  const query = new URLSearchParams({ bundle: job.bundle, ...(job.threads ? { threads: String(job.threads) } : {}) });
+  // the bundle from its URL (job.bundle), or picked as a directory in the file picker (job.bundleDir)
+  const query = new URLSearchParams({ ...(job.bundle ? { bundle: job.bundle } : {}), ...(job.threads ? { threads: String(job.threads) } : {}) });
   try {
     await page.goto(`${url}?${query}`, { timeout });
+    if (job.bundleDir) await page.setInputFiles("#bundle-dir", job.bundleDir);
     await waitState(page, ["ready", "error"], timeout);
     await page.setInputFiles("#image", job.image);
     await page.waitForFunction(() => !document.querySelector("#ask").disabled, null, { timeout });
@@ -43,12 +46,12 @@ async function runJob(context, url, job, timeout) {
       if (q.maxNewTokens) await page.evaluate((n) => (window.edgevlm.maxNewTokens = n), q.maxNewTokens);
       await page.click("#ask");
       await waitState(page, ["done", "error"], timeout);
-      out.answers.push({ bundle: job.bundle, ...(await page.evaluate(() => window.edgevlm.last)) });
+      out.answers.push(await page.evaluate(() => window.edgevlm.last));
     }
-    if (job.bench) out.bench = { bundle: job.bundle, ...(await page.evaluate((b) => window.edgevlm.bench(b), job.bench)) };
+    if (job.bench) out.bench = { bundle: job.bundle ?? job.bundleDir, ...(await page.evaluate((b) => window.edgevlm.bench(b), job.bench)) };
     return out;
   } catch (e) {
-    throw new Error(`${job.bundle}: ${e.message.split("\n")[0]}${problems.length ? ` (${problems[0]})` : ""}`);
+    throw new Error(`${job.bundle ?? job.bundleDir}: ${e.message.split("\n")[0]}${problems.length ? ` (${problems[0]})` : ""}`);
   }
 }
 
@@ -67,7 +70,7 @@ async function main() {
     const result = { browser: `chromium ${context.browser()?.version() ?? ""}`.trim(), results: [], bench: [] };
     for (const job of cfg.jobs) {
       const out = await runJob(context, cfg.url, job, timeout);
-      result.results.push(...out.answers);
+      result.results.push(...out.answers.map((a) => ({ ...a, bundle: job.bundle ?? job.bundleDir })));
       if (out.bench) result.bench.push(out.bench);
       if (cfg.screenshot && job.screenshot) await out.page.screenshot({ path: cfg.screenshot, fullPage: true });
       await out.page.close();
