@@ -55,7 +55,7 @@ def assemble(ours: Path, text_model: Path, quant: str, out: Path) -> None:
     """Our bundle with its text model replaced by llama.cpp's; smoke-checked in our llama.cpp runtime."""
     import gguf
 
-    from edgevlm.export.bundle import MANIFEST, file_entries, write_manifest
+    from edgevlm.bundle.manifest import MANIFEST, file_entries, write_manifest
     from edgevlm.export.gguf import FT, file_tensor_types, quantize_text_model
     from edgevlm.io import atomic_dir, read_json
     from edgevlm.runtimes import load_runtime
@@ -77,7 +77,7 @@ def assemble(ours: Path, text_model: Path, quant: str, out: Path) -> None:
         write_manifest(tmp, manifest)
         runtime = load_runtime(tmp)
         from edgevlm.data.shapes import write_shapes
-        from edgevlm.data.images import load_image
+        from edgevlm.bundle.image import load_image
 
         images = write_shapes(tmp.parent / f".{out.name}-img", 1, seed=0, split="eval") / "images"
         ids = runtime.generate_many(load_image(next(images.iterdir())), ["What is in the top left?"], 4)[0]

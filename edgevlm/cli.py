@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.log import configure
+
+TRAIN_STACK = {"torch", "transformers", "peft", "safetensors", "sklearn"}  # the `train` extra's imports
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}  # name: (help, add_arguments, run)
 
@@ -47,10 +50,9 @@ def _run_create(a):
 
 
 def _add_convert(p):
-    from edgevlm.convert import SOURCES
-
     p.add_argument("src", type=Path, help="the upstream checkpoint dir (config.json, weights, tokenizer files)")
-    p.add_argument("--from", dest="family", required=True, choices=list(SOURCES), help="the checkpoint's family")
+    p.add_argument("--from", dest="family", required=True,
+                   help="the checkpoint's family: mobilevlm, tinyllava, bunny or moe-llava")
     p.add_argument("--out", required=True, type=Path, help="model dir to write")
     p.add_argument("--vision-tower", type=Path, default=None,
                    help="local dir of the vision tower, when the checkpoint names it by hub id and lacks its weights")
@@ -70,7 +72,7 @@ def _run_convert(a):
 
 def _add_data(p):
     sub = p.add_subparsers(dest="dataset", required=True)
-    s = sub.add_parser("shapes", help="generate the embedded `shapes` VQA data set (shared/data-spec.md)")
+    s = sub.add_parser("shapes", help="generate the embedded `shapes` VQA data set (docs/data-spec.md)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--images", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
@@ -88,54 +90,52 @@ def _run_data(a):
 
 
 def _add_train(p):
+    import dataclasses
+    import typing
+
     from edgevlm.train.config import TrainConfig
 
-    d = TrainConfig()
     p.add_argument("--model", required=True, type=Path, help="model dir to start from")
     p.add_argument("--data", required=True, type=Path, help="LLaVA-format data dir (data.json + images)")
     p.add_argument("--out", required=True, type=Path, help="model dir to write")
-    p.add_argument("--stage", choices=["vision", "pretrain", "finetune"], default=d.stage.value,
-                   help="vision: warm up a from-scratch tower on shapes cell labels; pretrain: projector only; "
-                        "finetune: projector + LLM")
-    p.add_argument("--method", choices=["full", "lora", "moe"], default=d.method.value,
-                   help="moe: MoE-LLaVA stage III, upcycle every second LLM FFN into experts, train FFNs + routers")
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--train-vision", action="store_true", help="finetune: also train the vision tower")
-    p.add_argument("--freeze-projector", action="store_true",
-                   help="finetune: keep the projector as it is (e.g. after a vision warm-up)")
-    p.add_argument("--vision-window", type=int, default=d.vision_window,
-                   help="vision stage: train on W x W patch windows around each object (0: whole images)")
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--keep-adapter", action="store_true", help="save the LoRA adapter instead of merging it")
-    p.add_argument("--experts", type=int, default=d.experts, help="method moe: experts per MoE layer")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="method moe: experts per token")
-    p.add_argument("--aux-loss", type=float, default=d.aux_loss_coef,
-                   help="method moe: coefficient of the load-balancing loss")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
-                   help="bf16 autocast: auto = on CUDA only; bf16 = also on CPU (fast with AVX512-BF16 / AMX)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    types = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        _add_config_flag(p, f, types[f.name])
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this --out")
+
+
+def _add_config_flag(p, f, kind) -> None:
+    """The flag of one TrainConfig field: named after it (or `metadata["name"]`), its type, default and help
+    from the dataclass; an enum gives the choices, a bool a switch that turns it on."""
+    import enum
+
+    flag = f.metadata.get("name", "--" + f.name.replace("_", "-"))
+    kw = {"dest": f.name, "help": f.metadata.get("help") or None}
+    if kind is bool:
+        if f.default:
+            raise TypeError(f"TrainConfig.{f.name} defaults to True: a store_true flag could not turn it off")
+        kw["action"] = "store_true"
+    elif issubclass(kind, enum.Enum):
+        kw.update(choices=[m.value for m in kind], default=f.default.value)
+    else:
+        kw.update(type=kind, default=f.default, choices=f.metadata.get("choices"),
+                  metavar=None if "choices" in f.metadata else flag[2:].replace("-", "_").upper())
+    p.add_argument(flag, **kw)
+
+
+def _train_config(a):
+    import dataclasses
+
+    from edgevlm.train.config import TrainConfig
+
+    return TrainConfig(**{f.name: vars(a)[f.name] for f in dataclasses.fields(TrainConfig)})
 
 
 @command("train", "train a model dir (one stage)", _add_train)
 def _run_train(a):
-    from edgevlm.train.config import TrainConfig
     from edgevlm.train.trainer import train
 
-    cfg = TrainConfig(stage=a.stage, method=a.method, epochs=a.epochs, max_steps=a.max_steps,
-                      batch_size=a.batch_size, lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
-                      train_vision=a.train_vision, freeze_projector=a.freeze_projector,
-                      vision_window=a.vision_window, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-                      keep_adapter=a.keep_adapter, experts=a.experts, top_k=a.top_k, aux_loss_coef=a.aux_loss,
-                      save_every=a.save_every, precision=a.precision, seed=a.seed)
-    r = train(a.model, a.data, a.out, cfg, resume=a.resume)
+    r = train(a.model, a.data, a.out, _train_config(a), resume=a.resume)
     first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])
     print(f"trained {r.steps} steps in {r.seconds:.1f} s: loss {first:.4f} -> {last:.4f}; model dir {r.out}")
 
@@ -168,9 +168,9 @@ def _answerer(a):
         from edgevlm.runtimes import load_runtime
 
         return load_runtime(a.bundle, threads=a.threads)
-    from edgevlm.models.vlm import EdgeVLM
+    from edgevlm.load import load_model
 
-    return EdgeVLM.from_pretrained(a.model)
+    return load_model(a.model)
 
 
 
@@ -188,21 +188,21 @@ def _add_generate(p):
 def _run_generate(a):
     import torch
 
-    from edgevlm.data.images import load_image
-    from edgevlm.models.vlm import EdgeVLM
+    from edgevlm.bundle.image import load_image
+    from edgevlm.load import load_model
 
     image = load_image(a.image)
-    model = EdgeVLM.from_pretrained(a.model)
+    model = load_model(a.model)
     print(model.answer(image, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                        top_p=a.top_p, generator=torch.Generator().manual_seed(a.seed)))
 
 
 
 def _add_export(p):
-    from edgevlm.export import EXPORTER_MODULES
+    from edgevlm.quant.schemes import FORMATS
 
     p.add_argument("--model", required=True, type=Path, help="model dir to export")
-    p.add_argument("--format", required=True, choices=sorted(EXPORTER_MODULES))
+    p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--quant", required=True, help="quantization scheme of the format (see `edgevlm info`)")
     p.add_argument("--out", required=True, type=Path, help="bundle dir to write")
     p.add_argument("--verify-data", type=Path, default=None,
@@ -217,10 +217,10 @@ def _add_export(p):
 @command("export", "export a model dir to a bundle for one runtime, verified against PyTorch", _add_export)
 def _run_export(a):
     from edgevlm.export import ExportConfig, export
-    from edgevlm.models.vlm import EdgeVLM
+    from edgevlm.load import load_model
 
     cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify)
-    r = export(EdgeVLM.from_pretrained(a.model), cfg, a.out)
+    r = export(load_model(a.model), cfg, a.out)
     print(f"wrote {a.format} {a.quant} bundle {r.path} ({r.bytes / 1e6:.2f} MB)")
     for name, f in r.manifest["files"].items():
         print(f"  {name:<28} {f['bytes'] / 1e6:10.2f} MB")
@@ -248,7 +248,7 @@ def _add_run(p):
 
 @command("run", "answer a prompt about an image with an exported bundle, in its own runtime", _add_run)
 def _run_run(a):
-    from edgevlm.data.images import load_image
+    from edgevlm.bundle.image import load_image
     from edgevlm.runtimes import load_runtime
 
     image = load_image(a.image)
@@ -310,7 +310,7 @@ def _add_info(p):
 
 @command("info", "list presets, projectors and templates, or describe a model dir", _add_info)
 def _run_info(a):
-    from edgevlm.data.templates import TEMPLATES
+    from edgevlm.bundle.template import TEMPLATES
     from edgevlm.models.presets import PRESETS
     from edgevlm.models.projectors import PROJECTORS
     from edgevlm.quant.schemes import FORMATS
@@ -322,9 +322,9 @@ def _run_info(a):
         for fmt in FORMATS:
             print(f"{fmt + ':':<11} " + ", ".join(FORMATS[fmt]))
         return
-    from edgevlm.models.vlm import EdgeVLM
+    from edgevlm.load import load_model
 
-    model = EdgeVLM.from_pretrained(a.model)
+    model = load_model(a.model)
     info = {"config": model.cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
             "image_tokens": model.num_image_tokens}
     print(json.dumps(info, indent=2))
@@ -332,19 +332,30 @@ def _run_info(a):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgevlm", description="Small vision-language models, from training to a phone.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show the libraries' warnings and the engines' native log lines")
+    p = argparse.ArgumentParser(prog="edgevlm", description="Small vision-language models, from training to a phone.",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
     for name, (help, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help, description=help))
+        add_arguments(sub.add_parser(name, help=help, description=help, parents=[common]))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    configure(getattr(args, "verbose", False))
     try:
         COMMANDS[args.command][2](args)
     except EdgeVLMError as e:
         print(f"edgevlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_STACK:
+            raise
+        print(f"edgevlm {args.command}: error: this command needs {e.name}, which a runtime-only install lacks: "
+              "pip install 'edgevlm[train]' (or run scripts/setup)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"edgevlm {args.command}: interrupted", file=sys.stderr)

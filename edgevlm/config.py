@@ -132,7 +132,7 @@ class MoEConfig:
 @dataclass
 class VLMConfig:
     family: str = "mobilevlm"
-    template: str = "edgevlm"  # a name in edgevlm.data.templates.TEMPLATES
+    template: str = "edgevlm"  # a name in edgevlm.bundle.template.TEMPLATES
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)

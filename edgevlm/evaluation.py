@@ -1,4 +1,4 @@
-"""Exact-match evaluation on LLaVA-format data, overall and per question kind (shared/data-spec.md, Metric).
+"""Exact-match evaluation on LLaVA-format data, overall and per question kind (docs/data-spec.md, Metric).
 
 Anything that answers questions about an image can be evaluated: the PyTorch model, or a runtime running an
 exported bundle. Each image is encoded once and all its questions are asked against it.
@@ -14,7 +14,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from edgevlm.data.images import load_image
+from edgevlm.bundle.image import load_image
 from edgevlm.data.llava import QARecord, read_llava
 
 

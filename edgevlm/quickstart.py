@@ -1,28 +1,8 @@
 """`edgevlm quickstart`: generate `shapes`, create a tiny MobileVLM V2, train it, evaluate it, print a table.
 
-The recipe, and why. A tiny model starts from random weights, so unlike the papers (which start from a
-pre-trained CLIP) it trains its vision tower first; each step is one `edgevlm train` stage:
-1. vision warm-up on object windows: tower + LDPv2 projector classify the content of each cell (object or
-   `nothing`) from a 10 x 10 patch window of the tower's own grid (a twelfth of an image's cost, one object per
-   sample), so a from-scratch ViT learns shapes and digits within a few CPU minutes. The read-out is one an
-   LLM attention layer can do (attention pooling over RMS-normalised tokens, then linear), and every token
-   learns to state its cell in two channels (`edgevlm/train/warmup.py`). After it a linear probe reads eval
-   cells at shapes 0.99, digits 0.80, empty 1.00.
-2. instruction tuning: tower and projector frozen (trained on, the projector forgets what the warm-up taught
-   it), the image embeddings computed once, and the LLM trained on every question for 6 epochs, each image's
-   questions packed into one sequence (exactly single-turn training, 4x fewer tokens). The tiny LLM's RoPE base
-   is 1e6 (`presets.tiny_llm`: finding the asked-about cell by content needs slow rotations), its tokenizer
-   makes every `shapes` word one token, and it trains under bf16 autocast where the CPU has native bf16, with
-   eager attention on CPU (25% faster steps than PyTorch's CPU flash-attention backward at these sizes).
-3. export to the phone runtimes at 4 bits (GGUF q4_k, ExecuTorch int4, ONNX int4), each bundle verified in
-   its own runtime against PyTorch on the first eval questions, then a short benchmark of the bundles.
-Measured on the 2-core machine (2026-12-01): 0.833 on 323 eval questions in 12 min 54 s (README). What moved
-it, on the same 323 questions: vocabulary 384 → 448 (every word one token), RoPE base 1e4 → 1e6 (0.48 →
-0.60), 10 finetune epochs instead of 5 (0.60 → 0.77), 4000 images x 5 epochs instead of 2000 x 10 (0.79),
-6 epochs instead of 5 (time freed by eager attention and window-only pixels) with fp32 image features (0.793 → 0.833).
-Runs are sensitive to float-level differences (the same finetune single-threaded: 0.75).
-Tried and not kept: a max or a plain mean as the warm-up read-out, a second warm-up phase on whole images,
-factor heads (what / colour) in the warm-up, per-answer loss weighting (0.67), lr 3e-3 (0.72), batch 8.
+One command that shows the whole path on a laptop CPU in minutes: a vision warm-up (the tiny tower starts from
+random weights), instruction tuning, then 4-bit bundles for three runtimes, each verified and benchmarked.
+Why each number in `Recipe` is what it is, with the measurements: docs/quickstart.md.
 """
 
 from __future__ import annotations

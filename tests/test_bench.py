@@ -12,7 +12,8 @@ import gguf
 import pytest
 
 from edgevlm.bench.runner import BenchConfig, bench
-from edgevlm.data.tokenizer import SHAPES_VOCAB, TextTokenizer, train_shapes_tokenizer
+from edgevlm.bundle.tokenizer import TextTokenizer
+from edgevlm.data.tokenizer import SHAPES_VOCAB, train_shapes_tokenizer
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export import ExportConfig, export
 from edgevlm.models.factory import create_from_config, vocabulary

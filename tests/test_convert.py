@@ -19,6 +19,7 @@ from cli_errors import fails
 from edgevlm.cli import main
 from edgevlm.convert import convert, detect, load
 from edgevlm.errors import EdgeVLMError
+from edgevlm.load import load_model
 from edgevlm.models.vlm import EdgeVLM
 
 VOCAB = 300
@@ -214,7 +215,7 @@ def test_mobilevlm_v2_equals_upstream_computation(mobilevlm_v2):
 @torch.no_grad()
 def test_bunny_equals_upstream_computation(bunny):
     src, tower, llm, t = bunny
-    model = EdgeVLM.from_pretrained(src)  # recognises the upstream layout by itself
+    model = load_model(src)  # recognises the upstream layout by itself
     feats = tower(_pixels(384), output_hidden_states=True).hidden_states[-2]  # all 729 SigLIP patches
     ref = _mlp_ref(feats, t, "model.mm_projector.")
     torch.testing.assert_close(model.encode_image(_pixels(384)), ref, rtol=1e-5, atol=1e-5)
@@ -300,6 +301,8 @@ def test_wrong_family_and_unknown_layout(bunny, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(EdgeVLMError, match="neither an edgevlm model config nor a known upstream layout"):
+        load_model(tmp_path / "x")
+    with pytest.raises(EdgeVLMError, match="not an edgevlm model config"):  # the bare model reads its own only
         EdgeVLM.from_pretrained(tmp_path / "x")
 
 

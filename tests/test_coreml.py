@@ -19,7 +19,7 @@ from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.errors import EdgeVLMError  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
 from edgevlm.export import coreml, coreml_verify  # noqa: E402
-from edgevlm.export.bundle import open_bundle  # noqa: E402
+from edgevlm.bundle.manifest import open_bundle  # noqa: E402
 from edgevlm.export.coreml_decoder import CoreMLTextDecoder  # noqa: E402
 from edgevlm.export.decoder import StaticCacheDecoder  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402

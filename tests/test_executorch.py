@@ -12,11 +12,11 @@ import torch
 pytest.importorskip("executorch")
 
 from cli_errors import fails as _fails  # noqa: E402
-from edgevlm.data.images import load_image  # noqa: E402
+from edgevlm.bundle.image import load_image  # noqa: E402
 from edgevlm.data.llava import read_llava  # noqa: E402
 from edgevlm.errors import EdgeVLMError  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
-from edgevlm.export.bundle import open_bundle  # noqa: E402
+from edgevlm.bundle.manifest import open_bundle  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402
 from edgevlm.runtimes import load_runtime  # noqa: E402
 from edgevlm.runtimes.executorch import RUNTIME, to_uint8  # noqa: E402
@@ -71,7 +71,7 @@ def test_fp32_logits_and_cached_decoding(bundle, trained, parity_eval):
     rec = _records(parity_eval, 1)[0]
     image = load_image(rec.image)
     img = rt.encode_image(image)  # (N_img, D)
-    ref_img = trained.encode_image(trained.preprocess(image)[None])[0]
+    ref_img = trained.encode_image(trained.pixel_values(image))[0]
     np.testing.assert_allclose(img, ref_img.numpy(), atol=1e-4, rtol=0)
     embeds = rt.prefill_embeds(img, rec.question)  # (T, D)
     steps = [rt.text_decoder(embeds, 0)]
@@ -118,7 +118,7 @@ def test_multimodal_runner_gives_the_same_answers(bundle, parity_eval, quant):
     runner = MultimodalRunner(str(path / "model.pte"), str(path / "tokenizer.json"))
     for rec in _records(parity_eval, 8):
         image = load_image(rec.image)
-        pixels = to_uint8(rt.bundle.preprocess, rt.bundle.preprocess(image).numpy()[None])  # (1, 3, S, S)
+        pixels = to_uint8(rt.bundle.preprocess, rt.bundle.preprocess(image)[None])  # (1, 3, S, S)
         before, after = rt.bundle.template.prompt(rec.question).split("<image>")
         inputs = [make_token_input([rt.bundle.tokenizer.bos_id]), make_text_input(before),
                   make_image_input(torch.from_numpy(pixels)), make_text_input(after)]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgevlm.data.images import load_image
+from edgevlm.bundle.image import load_image
 from edgevlm.data.llava import read_llava
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export import ExportConfig, export
@@ -98,7 +98,7 @@ def llamacpp_logits(runtime, image, question: str) -> np.ndarray:
 def coreml_runtime(model, result):
     """Core ML where it predicts (macOS); elsewhere the converted torch program with the package's weights."""
     from edgevlm.export import coreml, coreml_verify
-    from edgevlm.export.bundle import open_bundle
+    from edgevlm.bundle.manifest import open_bundle
 
     if coreml.verify_here():
         return load_runtime(result.path, threads=1)
@@ -110,7 +110,7 @@ def coreml_runtime(model, result):
 
 @torch.no_grad()
 def reference_logits(model, image, question: str) -> np.ndarray:
-    embeds = model.splice(model.prompt_ids(question), model.encode_image(model.preprocess(image)[None])[0])
+    embeds = model.splice(model.prompt_ids(question), model.encode_image(model.pixel_values(image))[0])
     return model.llm(inputs_embeds=embeds[None], use_cache=False).logits[0, -1].numpy()  # (V,)
 
 

@@ -21,11 +21,11 @@ import gguf  # noqa: E402
 
 from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.config import VisionKind  # noqa: E402
-from edgevlm.data.images import load_image  # noqa: E402
+from edgevlm.bundle.image import load_image  # noqa: E402
 from edgevlm.data.llava import read_llava  # noqa: E402
 from edgevlm.errors import EdgeVLMError  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
-from edgevlm.export.bundle import MANIFEST, file_entries, sha256_file  # noqa: E402
+from edgevlm.bundle.manifest import MANIFEST, file_entries, sha256_file  # noqa: E402
 from edgevlm.export.gguf import check_exportable, write_text_model  # noqa: E402
 from edgevlm.models.factory import create  # noqa: E402
 from edgevlm.models.presets import tiny_vlm  # noqa: E402
@@ -52,7 +52,7 @@ def test_image_embeddings_match_pytorch(projector, tower, tmp_path, shapes_eval)
     with runtime._image_chunk(image) as (_, embd):
         ours = embd.reshape(model.num_image_tokens, -1)  # (N_img, D_llm)
     with torch.no_grad():
-        ref = model.encode_image(model.preprocess(image)[None])[0].numpy()
+        ref = model.encode_image(model.pixel_values(image))[0].numpy()
     err = np.abs(ours - ref).max() / np.abs(ref).max()
     assert err < 2e-2, f"{projector}: llama.cpp image embeddings differ from PyTorch by {err:.3g} (relative)"
 

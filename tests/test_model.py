@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from edgevlm.errors import EdgeVLMError
+from edgevlm.load import load_model
 from edgevlm.models.vlm import EdgeVLM
 from edgevlm.train import lora
 from edgevlm.train.packing import build_batch, pack
@@ -103,9 +104,9 @@ def test_lora_adapter_round_trip(tiny_model, tmp_path):
     tiny_model.llm = lora.add_lora(tiny_model.llm, r=4, alpha=8)
     _randomize_lora(tiny_model.llm)
     expected = tiny_model.llm(inputs_embeds=x).logits
-    d = tiny_model.save_pretrained(tmp_path / "m")
+    d = lora.save_pretrained(tiny_model, tmp_path / "m")
     assert (d / "adapter" / "adapter_model.safetensors").is_file()
-    loaded = EdgeVLM.from_pretrained(d)
+    loaded = load_model(d)
     torch.testing.assert_close(loaded.llm(inputs_embeds=x).logits, expected, rtol=1e-5, atol=1e-5)
 
 

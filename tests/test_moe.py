@@ -138,7 +138,7 @@ def test_train_moe_cli_round_trip(tiny_model_dir, shapes_train, tmp_path, capsys
 
 def test_moe_loss_adds_the_weighted_aux_losses(tiny_model_dir, shapes_train):
     cfg = TrainConfig(method="moe", max_steps=1, batch_size=2, aux_loss_coef=0.5)
-    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), shapes_train, "unused", cfg, progress=False)
+    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), "unused", cfg, progress=False).setup(shapes_train)
     assert t.model.cfg.moe == MoEConfig(num_experts=4, top_k=2, aux_loss_coef=0.5, every=2)
     batch = t._batch_at(0)
     loss, stats = t._loss(batch)
@@ -156,8 +156,8 @@ def test_moe_rejects_mismatched_experts(tmp_path, tiny_model_dir, shapes_train):
     first = train(tiny_model_dir, shapes_train, tmp_path / "a",
                   TrainConfig(method="moe", experts=2, top_k=1, max_steps=1, batch_size=2), progress=False)
     with pytest.raises(EdgeVLMError, match="already has 2 experts"):
-        Trainer(EdgeVLM.from_pretrained(first.out), shapes_train, "unused",
-                TrainConfig(method="moe", experts=4, max_steps=1), progress=False)
+        Trainer(EdgeVLM.from_pretrained(first.out), "unused",
+                TrainConfig(method="moe", experts=4, max_steps=1), progress=False).setup(shapes_train)
     with pytest.raises(EdgeVLMError, match="finetune"):
         TrainConfig(stage="pretrain", method="moe")
 

@@ -21,7 +21,7 @@ from cli_errors import fails as _fails  # noqa: E402
 from edgevlm.evaluation import evaluate  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
 from edgevlm.export import onnx as onnx_export  # noqa: E402
-from edgevlm.export.bundle import MANIFEST, file_entries, write_manifest  # noqa: E402
+from edgevlm.bundle.manifest import MANIFEST, file_entries, write_manifest  # noqa: E402
 from edgevlm.io import read_json  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402
 from edgevlm.runtimes import load_runtime  # noqa: E402

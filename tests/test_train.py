@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from edgevlm.cli import main
+from edgevlm.load import load_model
 from edgevlm.models.vlm import EdgeVLM
 from edgevlm.train.config import TrainConfig
 from edgevlm.train.trainer import Trainer, checkpoint_root, train
@@ -49,15 +50,18 @@ def test_resume_equals_uninterrupted(tiny_model_dir, shapes_train, tmp_path, mon
 
 def test_stages_train_only_their_parts(tiny_model_dir, shapes_train):
     model = EdgeVLM.from_pretrained(tiny_model_dir)
-    t = Trainer(model, shapes_train, "unused", TrainConfig(stage="pretrain", max_steps=1), progress=False)
+    t = Trainer(model, "unused", TrainConfig(stage="pretrain", max_steps=1), progress=False)
+    assert t.items is None and t.features is None  # construction reads nothing
+    t.setup(shapes_train)
     trainable = {n.split(".")[0] for n, p in t.model.named_parameters() if p.requires_grad}
     assert trainable == {"projector"} and t.features is not None  # frozen tower: features cached once
-    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), shapes_train, "unused",
-                TrainConfig(stage="finetune", method="lora", max_steps=1), progress=False)
+    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), "unused",
+                TrainConfig(stage="finetune", method="lora", max_steps=1), progress=False).setup(shapes_train)
     names = [n for n, p in t.model.named_parameters() if p.requires_grad]
     assert all(n.startswith("projector") or "lora_" in n for n in names) and any("lora_" in n for n in names)
-    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), shapes_train, "unused",
+    t = Trainer(EdgeVLM.from_pretrained(tiny_model_dir), "unused",
                 TrainConfig(stage="finetune", freeze_projector=True, max_steps=1), progress=False)
+    t.setup(shapes_train)
     assert {n.split(".")[0] for n, p in t.model.named_parameters() if p.requires_grad} == {"llm"}
     assert t.features.shape[1:] == (144, t.model.cfg.llm.hidden_size)  # image embeddings cached once
 
@@ -67,8 +71,8 @@ def test_vision_warmup_phases_share_their_head(tiny_model_dir, shapes_train, tmp
                     TrainConfig(stage="vision", vision_window=10, max_steps=2, batch_size=4), progress=False)
     assert (windows.out / "vision_head.safetensors").is_file()
     model = EdgeVLM.from_pretrained(windows.out)  # the head is not part of the model
-    t = Trainer(model, shapes_train, tmp_path / "f", TrainConfig(stage="vision", max_steps=1), progress=False,
-                head_from=windows.out)
+    t = Trainer(model, tmp_path / "f", TrainConfig(stage="vision", max_steps=1), progress=False)
+    t.setup(shapes_train, head_from=windows.out)
     saved = load_file(windows.out / "vision_head.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in t.head.state_dict().items())
 
@@ -94,7 +98,7 @@ def test_lora_training_merges_unless_kept(tiny_model_dir, shapes_train, tmp_path
     cfg = TrainConfig(stage="finetune", method="lora", lora_r=4, keep_adapter=keep, max_steps=2, batch_size=4)
     out = train(tiny_model_dir, shapes_train, tmp_path / "m", cfg, progress=False).out
     assert (out / "adapter").is_dir() == keep
-    model = EdgeVLM.from_pretrained(out)
+    model = load_model(out)
     assert any("lora_" in n for n, _ in model.named_parameters()) == keep
 
 
@@ -122,3 +126,39 @@ def test_window_encoding_equals_the_window_of_the_full_patch_grid():
         h = layer(h, None)
     with torch.no_grad():
         torch.testing.assert_close(encode_windows(model, crops, windows, w), model.projector(h[:, 1:]))
+
+
+# `edgevlm train`'s flags, as they have always been spelled: field -> (argv, the value TrainConfig gets)
+TRAIN_FLAGS = {
+    "stage": (["--stage", "vision"], "vision"), "method": (["--method", "lora"], "lora"),
+    "epochs": (["--epochs", "2.5"], 2.5), "max_steps": (["--max-steps", "7"], 7),
+    "batch_size": (["--batch-size", "3"], 3), "lr": (["--lr", "0.5"], 0.5),
+    "warmup_ratio": (["--warmup-ratio", "0.1"], 0.1), "weight_decay": (["--weight-decay", "0.2"], 0.2),
+    "train_vision": (["--train-vision"], True), "freeze_projector": (["--freeze-projector"], True),
+    "vision_window": (["--vision-window", "10"], 10), "lora_r": (["--lora-r", "4"], 4),
+    "lora_alpha": (["--lora-alpha", "8"], 8), "keep_adapter": (["--keep-adapter"], True),
+    "experts": (["--experts", "8"], 8), "top_k": (["--top-k", "1"], 1),
+    "aux_loss_coef": (["--aux-loss", "0.5"], 0.5), "save_every": (["--save-every", "5"], 5),
+    "precision": (["--precision", "bf16"], "bf16"), "seed": (["--seed", "3"], 3),
+}
+
+
+def test_train_flags_are_the_config_fields():
+    """The train command is generated from TrainConfig: every field has a flag with the field's default, and
+    each flag (old names kept: --aux-loss) sets its field and nothing else."""
+    import argparse
+    from dataclasses import fields
+
+    from edgevlm.cli import _add_train, _train_config
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)  # exact names: --aux-loss is no prefix of a new flag
+    _add_train(parser)
+    base = ["--model", "m", "--data", "d", "--out", "o"]
+    assert {f.name for f in fields(TrainConfig)} == set(TRAIN_FLAGS)  # a new field: add its flag above
+    assert _train_config(parser.parse_args(base)) == TrainConfig()
+    for name, (argv, value) in TRAIN_FLAGS.items():
+        got = _train_config(parser.parse_args(base + argv)).to_dict()
+        assert got == {**TrainConfig().to_dict(), name: value}, name
+    for bad in (["--precision", "fp16"], ["--stage", "warmup"], ["--method", "qlora"], ["--experts", "two"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + bad)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from edgevlm.export.bundle import Bundle
+from edgevlm.bundle.manifest import Bundle
 from edgevlm.quant.schemes import scheme
 
 MEASURERS: dict[str, Callable[[Bundle], int]] = {}

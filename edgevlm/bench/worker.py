@@ -13,7 +13,7 @@ from importlib import metadata
 
 from edgevlm.bench.stats import summarize
 from edgevlm.bench.weights import decode_bytes_per_token
-from edgevlm.data.images import load_image
+from edgevlm.bundle.image import load_image
 from edgevlm.errors import EdgeVLMError
 
 # bundle format → the distribution whose version names the engine

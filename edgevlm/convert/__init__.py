@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from edgevlm.config import VLMConfig
-from edgevlm.data.tokenizer import TextTokenizer
+from edgevlm.bundle.tokenizer import TextTokenizer
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import read_json, require_dir
 from edgevlm.registry import Registry

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from edgevlm.config import LLMConfig, VisionConfig, VisionKind
-from edgevlm.data.tokenizer import SPECIALS_FILE, TextTokenizer, read_specials
+from edgevlm.bundle.tokenizer import SPECIALS_FILE, TextTokenizer, read_specials
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import read_json
 from edgevlm.models.llm import LLM_ARCHS

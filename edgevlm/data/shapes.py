@@ -1,4 +1,4 @@
-"""The embedded `shapes` visual question-answering data set (see shared/data-spec.md).
+"""The embedded `shapes` visual question-answering data set (docs/data-spec.md).
 
 A generator, not a download: 336 px scenes of four cells, each empty or holding a coloured shape or a
 scikit-learn handwritten digit, with exact-string questions about what, where and how many. It is small

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgevlm.export.bundle import MANIFEST, TOKENIZER, build_manifest, write_manifest
+from edgevlm.bundle.manifest import MANIFEST, TOKENIZER, write_manifest
+from edgevlm.export.manifest import build_manifest
 from edgevlm.io import atomic_dir
 from edgevlm.quant.schemes import FORMATS, scheme
 
@@ -103,7 +104,7 @@ def _smoke(writer, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> di
         return {"mode": VerifyMode.SMOKE.value, "skipped": "the runtime cannot run on this system"}
     import tempfile
 
-    from edgevlm.data.images import load_image
+    from edgevlm.bundle.image import load_image
     from edgevlm.data.shapes import write_shapes
     from edgevlm.errors import EdgeVLMError
     from edgevlm.runtimes import load_runtime

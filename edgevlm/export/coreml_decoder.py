@@ -5,7 +5,7 @@ program mutates in place. The start position cannot come from a tensor value (`.
 as in Apple's stateful Llama example (coremltools "Stateful Models" guide), it comes from input *shapes*:
 `causal_mask` is (1, 1, T, E) with E the end position, so the call covers positions E-T .. E-1 and attends to
 0 .. E-1 (`edgevlm.runtimes.coreml.causal_mask` builds it). Cache writes are slice assignments: an index write
-into a CoreML state is silently dropped (shared/stack.md). `tests/test_coreml.py` shows this module equals
+into a CoreML state is silently dropped (docs/dependencies.md). `tests/test_coreml.py` shows this module equals
 `StaticCacheDecoder` (and so the transformers LM), eager and under `torch.export`.
 """
 

@@ -1,6 +1,6 @@
 """What can be verified of a CoreML bundle without Core ML (Linux): specs, weights, the converted torch program.
 
-coremltools predicts only on macOS (shared/stack.md), so on Linux a bundle is checked in three ways instead:
+coremltools predicts only on macOS (docs/dependencies.md), so on Linux a bundle is checked in three ways instead:
 1. `check_specs`: each saved package loads as a spec; it is an ML Program of specification version 9
    (iOS 18); every function's inputs, outputs and states have the manifest's names, shapes, ranges and types.
 2. `compare_weights`: every weight constant in the saved MIL program (read back from `weight.bin`) equals what
@@ -21,7 +21,7 @@ import torch
 
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export import coreml
-from edgevlm.export.bundle import Bundle, open_bundle
+from edgevlm.bundle.manifest import Bundle, open_bundle
 from edgevlm.export.verify import verify
 from edgevlm.runtimes.base import ContractRuntime
 from edgevlm.runtimes.coreml import NO_PREDICTION, causal_mask

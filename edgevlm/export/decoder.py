@@ -2,14 +2,14 @@
 
 Exporters (torch.export, the ONNX dynamo exporter, coremltools) need a decoder whose KV cache is explicit:
 a static cache inside the program (ExecuTorch, CoreML state) or past/present tensors (ONNX). transformers'
-forward carries mask and cache machinery the converters trip over (shared/stack.md), so `PlainDecoder`
+forward carries mask and cache machinery the converters trip over (docs/dependencies.md), so `PlainDecoder`
 restates the attention (rotary embeddings, partial rotary, grouped-query attention, fused or separate q/k/v)
 and the residual wiring of each LLM architecture edgevlm builds, over the *same* modules, with no weight
 copies: norms and FFNs run as the layer's own `input_layernorm` / `mlp` modules, which export as they are.
 What differs between architectures is one `ArchSpec` row each (`ARCHS`), not branches in the forward.
 `tests/test_export_decoder.py` shows the decoder equals the reference for every architecture, eager and under
 `torch.export(strict=True)`. Cache writes are slice assignments: an index write into a CoreML state is silently
-dropped (stack.md).
+dropped (docs/dependencies.md).
 
 MoE layers (edgevlm.models.moe, MoE-LLaVA) run *densely*: every expert on every token, combined with the
 router's top-k renormalised weights scattered into an (…, E) gate that is zero for unselected experts. That

@@ -17,7 +17,7 @@ ExecuTorch's Android and iOS demo apps, which calls
 Quantization maps the scheme table (edgevlm/quant/schemes.py) onto torchao's `quantize_` configs that XNNPACK
 runs: 8-bit dynamic activations with int8 (per channel) or int4 (per group) weights for linears, an int8
 per-row embedding table run by ExecuTorch's quantized kernels. Weight-only linear configs are not used: they
-lower to XNNPACK and silently return wrong numbers (shared/stack.md).
+lower to XNNPACK and silently return wrong numbers (docs/dependencies.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch.export import Dim, export
 from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
 from torchao.quantization.granularity import PerAxis, PerGroup
 
-from edgevlm.data.images import ImagePreprocess
+from edgevlm.bundle.image import ImagePreprocess
 from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
 from edgevlm.registry import Registry
@@ -111,7 +111,7 @@ def contract_modules(model, max_context: int) -> dict[str, nn.Module]:
     """The three methods over a deep copy of `model`'s parts, so quantizing them leaves `model` untouched."""
     parts = copy.deepcopy(nn.ModuleDict({"vision": model.vision, "projector": model.projector, "llm": model.llm}))
     table = parts["llm"].get_input_embeddings()
-    table.padding_idx = None  # a padding index blocks the quantized embedding kernel (stack.md)
+    table.padding_idx = None  # a padding index blocks the quantized embedding kernel (docs/dependencies.md)
     return {
         "vision_encoder": VisionEncoder(parts["vision"], parts["projector"], model.preprocess).eval(),
         "token_embedding": TokenEmbedding(table).eval(),

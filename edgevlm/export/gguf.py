@@ -33,7 +33,7 @@ import gguf
 import numpy as np
 import torch
 
-from edgevlm.data.tokenizer import TextTokenizer
+from edgevlm.bundle.tokenizer import TextTokenizer
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export.decoder import arch_spec, head_dim, rotary_dims
 from edgevlm.export.gguf_vision import clip_projector, write_mmproj

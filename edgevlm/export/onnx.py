@@ -6,7 +6,7 @@ layout onnxruntime-genai and optimum use), all at opset 20 from `torch.onnx.expo
 one external data file, `weights.bin`, shared by every graph (identical tensors are stored once), so that no
 graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_genai.py`) adds no weight bytes.
 
-Quantization uses onnxruntime.quantization (design.md, Quantization): fp16 via
+Quantization uses onnxruntime.quantization (docs/architecture.md, Quantization): fp16 via
 `onnxruntime.transformers.float16` with float32 inputs and outputs kept; int8 via `quantize_dynamic` (MatMul →
 MatMulInteger, per-channel int8 weights, dynamic int8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
 symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8. The token embedding stays
@@ -33,7 +33,6 @@ from torch import nn
 
 from edgevlm.export.decoder import PlainDecoder
 from edgevlm.quant.schemes import Scheme
-from edgevlm.runtimes.onnxruntime import graph_io
 
 OPSET = 20
 WEIGHTS = "weights.bin"
@@ -42,6 +41,15 @@ PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
 ROUTER = "deepspeed_moe.gate.wg"  # module path of an MoE router, in the exporter's node metadata
 ROUTER_NODE = "router/"  # name prefix export_graphs gives the routers' nodes (the metadata is stripped after)
 INLINE_BYTES, ALIGN = 1024, 64  # smaller tensors stay inside the graph; offsets in weights.bin 64-byte aligned
+
+
+def graph_io(graph: onnx.ModelProto) -> dict:
+    """Inputs and outputs as the manifest records them: name → [element type, shape with named axes]."""
+    def spec(values):
+        return {v.name: [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                         [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]] for v in values}
+
+    return {"inputs": spec(graph.graph.input), "outputs": spec(graph.graph.output)}
 
 
 # ---- the graphs ---------------------------------------------------------------------------------------------------

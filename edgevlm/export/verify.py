@@ -1,6 +1,6 @@
 """Self-verification: run a fresh bundle in its runtime and the PyTorch model on the same questions.
 
-The record goes into the manifest (design.md): the data used, n, how often the runtime's greedy tokens equal
+The record goes into the manifest (docs/bundle-spec.md): the data used, n, how often the runtime's greedy tokens equal
 PyTorch's (whole answers, and token by token), and both exact-match accuracies.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from edgevlm.data.images import load_image
+from edgevlm.bundle.image import load_image
 from edgevlm.data.llava import QARecord, read_llava
 from edgevlm.evaluation import first_images, normalize
 from edgevlm.runtimes.base import Runtime
@@ -23,7 +23,7 @@ DEFAULT_IMAGES, DEFAULT_SEED = 16, 0  # the default slice: `shapes` eval split, 
 
 @torch.no_grad()
 def reference_ids(model, image, questions: list[str], max_new_tokens: int) -> list[list[int]]:
-    emb = model.encode_image(model.preprocess(image)[None].to(model.device))
+    emb = model.encode_image(model.pixel_values(image))
     return [model.generate(emb, model.prompt_ids(q), max_new_tokens=max_new_tokens) for q in questions]
 
 

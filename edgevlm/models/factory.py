@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from edgevlm.config import VLMConfig
-from edgevlm.data.tokenizer import SHAPES_VOCAB, TextTokenizer, train_shapes_tokenizer
+from edgevlm.bundle.tokenizer import TextTokenizer
+from edgevlm.data.tokenizer import SHAPES_VOCAB, train_shapes_tokenizer
 from edgevlm.models.presets import get_preset
 from edgevlm.models.vision import init_positions_for_scratch
 from edgevlm.models.vlm import EdgeVLM

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from edgevlm.config import VLMConfig
-from edgevlm.data.images import ImagePreprocess
-from edgevlm.data.templates import TEMPLATES
-from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
+from edgevlm.bundle.image import ImagePreprocess
+from edgevlm.bundle.template import TEMPLATES
+from edgevlm.bundle.tokenizer import TextTokenizer, split_at_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir, read_json, require_dir, write_json
 from edgevlm.models.checkpoint import load_weights, read_weights, save_weights, unique_state
@@ -25,6 +25,7 @@ from edgevlm.models.vision import VisionTower
 from edgevlm.config import MAX_NEW_TOKENS
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+ADAPTER = "adapter"  # a LoRA adapter kept unmerged (edgevlm/train/lora.py writes it)
 
 
 class EdgeVLM(nn.Module):
@@ -33,7 +34,8 @@ class EdgeVLM(nn.Module):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.template = TEMPLATES[cfg.template]
-        self.preprocess = ImagePreprocess.for_vision(cfg.vision)
+        v = cfg.vision
+        self.preprocess = ImagePreprocess(v.image_size, tuple(v.image_mean), tuple(v.image_std))
         self.vision = VisionTower(cfg.vision)
         self.projector = build_projector(cfg.projector, cfg.vision.hidden_size, cfg.llm.hidden_size)
         self.llm = build_llm(cfg.llm)
@@ -46,6 +48,11 @@ class EdgeVLM(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return projector_tokens(self.cfg.projector, self.cfg.vision.num_features)
+
+    def pixel_values(self, image) -> torch.Tensor:
+        """A PIL image or (H, W, 3) uint8 array → (1, 3, S, S) float32 on the model's device (the bundle's
+        preprocessing, docs/bundle-spec.md)."""
+        return torch.from_numpy(self.preprocess(image))[None].to(self.device)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → image embeddings (B, N_img, D_llm)."""
@@ -63,12 +70,10 @@ class EdgeVLM(nn.Module):
 
     def splice(self, ids: list[int], image_embeds: torch.Tensor) -> torch.Tensor:
         """Token ids with one IMAGE_TOKEN_INDEX → embeddings (T + N_img - 1, D) with the image spliced in."""
-        if ids.count(IMAGE_TOKEN_INDEX) != 1:
-            raise EdgeVLMError(f"a prompt needs exactly one image placeholder, got {ids.count(IMAGE_TOKEN_INDEX)}")
-        at = ids.index(IMAGE_TOKEN_INDEX)
+        ids_before, ids_after = split_at_image(ids)
         dev = image_embeds.device
-        before = self.embed(torch.tensor(ids[:at], device=dev))
-        after = self.embed(torch.tensor(ids[at + 1 :], device=dev))
+        before = self.embed(torch.tensor(ids_before, device=dev))
+        after = self.embed(torch.tensor(ids_after, device=dev))
         return torch.cat([before, image_embeds.to(before.dtype), after])
 
     # ---- generation -----------------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ class EdgeVLM(nn.Module):
     @torch.no_grad()
     def answer_many(self, image, questions: list[str], **kw) -> list[str]:
         """Answer questions about one PIL image or (H, W, 3) array, encoding the image once."""
-        emb = self.encode_image(self.preprocess(image)[None].to(self.device))
+        emb = self.encode_image(self.pixel_values(image))
         return [self.tokenizer.decode(self.generate(emb, self.prompt_ids(q), **kw)).strip() for q in questions]
 
     def answer(self, image, question: str, **kw) -> str:
@@ -115,35 +120,45 @@ class EdgeVLM(nn.Module):
 
     # ---- model dirs -----------------------------------------------------------------------------------------
     def save_pretrained(self, out: str | Path) -> Path:
-        """Write config.json + model.safetensors + tokenizer.json (+ a LoRA `adapter/`) atomically."""
-        from edgevlm.train import lora
+        """Write config.json + model.safetensors + tokenizer.json atomically.
 
+        A model whose LLM carries a LoRA adapter is saved by `edgevlm.train.lora.save_pretrained`, which knows
+        the adapter's names; models/ stays the bare model and never imports train/.
+        """
         with atomic_dir(out) as tmp:
-            write_json(tmp / CONFIG, self.cfg.to_dict())
-            save_weights(lora.base_state(unique_state(self)), tmp / WEIGHTS)
-            self.tokenizer.save(tmp / TOKENIZER)
-            if lora.is_lora(self.llm):
-                self.llm.save_pretrained(str(tmp / lora.ADAPTER_DIR))
+            write_model_dir(tmp, self, unique_state(self))
         return Path(out)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "EdgeVLM":
+    def from_pretrained(cls, path: str | Path, base_of_adapter: bool = False) -> "EdgeVLM":
+        """Read an edgevlm model dir. A dir that keeps a LoRA `adapter/` is refused unless `base_of_adapter`
+        (the caller applies the adapter: `edgevlm.load.load_model` opens any model dir that way, or an upstream
+        checkpoint's layout)."""
         path = require_dir(path, "model directory")
-        raw = read_json(path / CONFIG)
-        if "vision" not in raw:  # not ours: an upstream checkpoint dir (MobileVLM, TinyLLaVA, Bunny, ...)?
-            from edgevlm.convert import load
-
-            return load(path)
-        cfg = VLMConfig.from_dict(raw)
+        if not is_model_dir(path):
+            raise EdgeVLMError("not an edgevlm model config (no `vision` section); an upstream checkpoint "
+                               "opens through edgevlm.load.load_model or `edgevlm convert`", path / CONFIG)
+        if (path / ADAPTER).is_dir() and not base_of_adapter:  # the base alone is not the model
+            raise EdgeVLMError("the model dir keeps a LoRA adapter: open it with edgevlm.load.load_model",
+                               path / ADAPTER)
+        cfg = VLMConfig.from_dict(read_json(path / CONFIG))
         tokenizer = TextTokenizer.load(path / TOKENIZER)
         tensors = read_weights(path / WEIGHTS)
         model = cls(cfg, tokenizer)
         load_weights(model, tensors, path / WEIGHTS)
-        if (path / "adapter").is_dir():
-            from edgevlm.train import lora
-
-            model.llm = lora.load_adapter(model.llm, path)
         return model.eval()
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether `path/config.json` is an edgevlm `VLMConfig` (upstream configs have no `vision` section)."""
+    return "vision" in read_json(path / CONFIG)
+
+
+def write_model_dir(tmp: Path, model: EdgeVLM, state: dict[str, torch.Tensor]) -> None:
+    """The three files of a model dir, `state` as its weights, into `tmp` (the caller renames it into place)."""
+    write_json(tmp / CONFIG, model.cfg.to_dict())
+    save_weights(state, tmp / WEIGHTS)
+    model.tokenizer.save(tmp / TOKENIZER)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

@@ -2,7 +2,7 @@
 
 Formats bring their quantizers (llama.cpp's, torchao + XNNPACK, onnxruntime.quantization,
 coremltools.optimize); this table only names what every part of the model gets, so that the manifest can say
-it and the support table can be read off it (design.md, Quantization).
+it and the support table can be read off it (docs/architecture.md, Quantization).
 """
 
 from __future__ import annotations

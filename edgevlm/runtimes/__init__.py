@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import MANIFEST, open_bundle
+from edgevlm.bundle.manifest import MANIFEST, open_bundle
 from edgevlm.runtimes.base import Runtime
 
 # format (manifest "format") → module defining `RUNTIME`, a Runtime subclass

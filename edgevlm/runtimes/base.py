@@ -1,6 +1,6 @@
 """The one Runtime interface, and the greedy generation loop shared by the three-function formats.
 
-ONNX, ExecuTorch and CoreML bundles carry the runtime contract (design.md): `vision_encoder`,
+ONNX, ExecuTorch and CoreML bundles carry the runtime contract (docs/architecture.md): `vision_encoder`,
 `token_embedding`, `text_decoder` with a KV cache. `ContractRuntime` builds the prompt, splices the image
 embeddings at the placeholder and runs prefill + decode on top of those three calls, so a format's runtime
 only implements them. llama.cpp brings its own multimodal loop and implements `generate_many` directly.
@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
+from edgevlm.bundle.tokenizer import split_at_image
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import Bundle
+from edgevlm.bundle.manifest import Bundle
 from edgevlm.config import MAX_NEW_TOKENS
 
 
@@ -103,15 +103,14 @@ class ContractRuntime(Runtime):
         """(T, D) embeddings at positions start_pos.. → logits of the last position (V,), cache advanced."""
 
     def encode_image(self, image) -> np.ndarray:
-        pixels = self.bundle.preprocess(image).numpy()[None]  # (1, 3, H, W)
+        pixels = self.bundle.preprocess(image)[None]  # (1, 3, H, W)
         return self.vision_encoder(pixels)
 
     def prefill_embeds(self, image_embeds: np.ndarray, question: str) -> np.ndarray:
         """The prompt's embeddings with the image spliced in: (T + N_img - 1, D)."""
-        ids = self.bundle.prompt_ids(question)
-        at = ids.index(IMAGE_TOKEN_INDEX)
-        before = self.token_embedding(np.asarray(ids[:at], dtype=np.int64))
-        after = self.token_embedding(np.asarray(ids[at + 1 :], dtype=np.int64))
+        ids_before, ids_after = split_at_image(self.bundle.prompt_ids(question))
+        before = self.token_embedding(np.asarray(ids_before, dtype=np.int64))
+        after = self.token_embedding(np.asarray(ids_after, dtype=np.int64))
         return np.concatenate([before, image_embeds.astype(before.dtype), after])
 
     def generate_many(self, image, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:

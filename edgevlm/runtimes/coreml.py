@@ -17,7 +17,7 @@ import platform
 import numpy as np
 
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import Bundle
+from edgevlm.bundle.manifest import Bundle
 from edgevlm.runtimes.base import ContractRuntime
 
 CAN_PREDICT = platform.system() == "Darwin"

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgevlm.data.images import ImagePreprocess
+from edgevlm.bundle.image import ImagePreprocess
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import Bundle
+from edgevlm.log import native_quiet
+from edgevlm.bundle.manifest import Bundle
 from edgevlm.runtimes.base import ContractRuntime
 
 PTE = "model.pte"
@@ -42,17 +43,18 @@ class ExecuTorchRuntime(ContractRuntime):
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         super().__init__(bundle, threads)
-        import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (stack.md)
+        import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (docs/dependencies.md)
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  llama::update_cache, custom_sdpa
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
 
-        if threads:
-            _unsafe_reset_threadpool(threads)
         path = bundle.file(PTE)
         try:
-            program = Runtime.get().load_program(path)
-            self.methods = {name: program.load_method(name) for name in METHODS}
+            with native_quiet():  # the runtime's cpuinfo probing logs to stderr on every machine
+                if threads:
+                    _unsafe_reset_threadpool(threads)
+                program = Runtime.get().load_program(path)
+                self.methods = {name: program.load_method(name) for name in METHODS}
         except (RuntimeError, ValueError) as e:
             raise EdgeVLMError(f"ExecuTorch cannot load the program ({_first_line(e)})", path) from None
         if None in self.methods.values():

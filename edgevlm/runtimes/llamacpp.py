@@ -19,11 +19,10 @@ import time
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
 
-from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
+from edgevlm.bundle.tokenizer import split_at_image
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import Bundle
+from edgevlm.bundle.manifest import Bundle
 from edgevlm.runtimes.base import Runtime, Timing
 from edgevlm.config import MAX_NEW_TOKENS
 
@@ -144,10 +143,7 @@ class LlamaCppRuntime(Runtime):
     def _image_chunk(self, image):
         """The image as an mtmd chunk, encoded once: (chunk, embeddings (N_img * D,) float32)."""
         mt, size = self.mt, self.bundle.preprocess.size
-        image = image.convert("RGB")
-        if image.size != (size, size):  # our resize (ImagePreprocess); llama.cpp then only normalizes
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-        pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+        pixels = self.bundle.preprocess.resized(image)  # our resize (the spec's); llama.cpp then only normalizes
         bitmap = mt.mtmd_bitmap_init(size, size, pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
         chunks = mt.mtmd_input_chunks_init()
         try:
@@ -217,8 +213,7 @@ class LlamaCppRuntime(Runtime):
     def _prefill(self, chunk, embd: np.ndarray, ids: list[int], new_tokens: int = 0) -> int:
         """Text before the image, the image's embeddings, text after: returns the next position."""
         ll, limit = self.ll, self.bundle.max_context
-        at = ids.index(IMAGE_TOKEN_INDEX)
-        before, after = ids[:at], ids[at + 1:]
+        before, after = split_at_image(ids)
         if len(ids) - 1 + self.bundle.image_tokens + new_tokens >= limit:
             raise EdgeVLMError(f"prompt of {len(ids) - 1 + self.bundle.image_tokens} positions (+ {new_tokens} "
                                f"new tokens) does not fit the bundle's context of {limit}", self.bundle.path)

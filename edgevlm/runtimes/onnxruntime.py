@@ -2,7 +2,8 @@
 
 `vision.onnx`, `embedding.onnx` and `decoder.onnx` (edgevlm/export/onnx.py) each get one InferenceSession.
 Every graph is checked on opening against what the manifest says (opset, input and output names, element
-types, ranks), so a swapped or hand-edited graph is a one-line error, not an onnxruntime traceback later.
+types, shapes), so a swapped or hand-edited graph is a one-line error, not an onnxruntime traceback later. The
+checks use onnxruntime's own view of the graph, not the `onnx` package (a second second of start-up).
 The decoder takes `past_key_values.%d.key|value` and returns `present.%d.key|value`: prefill with an empty past,
 then one token per step, the presents kept as OrtValues and bound as the next step's pasts through IO binding
 (no numpy round trip of the growing cache; only the logits are copied out).
@@ -11,32 +12,76 @@ Docs: https://onnxruntime.ai/docs/api/python/api_summary.html#iobinding
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import onnx
 import onnxruntime as ort
 
+from edgevlm.bundle.manifest import MANIFEST, Bundle
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.bundle import MANIFEST, Bundle
+from edgevlm.log import native_quiet
 from edgevlm.runtimes.base import ContractRuntime
 
 PROVIDERS = ["CPUExecutionProvider"]
+# onnxruntime's type names → the numpy names the manifest records (edgevlm/export/onnx.py `graph_io`)
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+             "tensor(bool)": "bool"}
 
 
-def graph_io(graph: onnx.ModelProto) -> dict:
-    """Inputs and outputs as the manifest records them: name → [element type, shape with named axes]."""
-    def spec(values):
-        return {v.name: [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                         [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]] for v in values}
+def read_opset(path: Path) -> int | None:
+    """The default-domain opset of an ONNX file, read from its top-level protobuf fields (ModelProto field 8,
+    OperatorSetIdProto {1: domain, 2: version}) without importing `onnx`, whose import alone takes ~1 s."""
+    data = path.read_bytes()
 
-    return {"inputs": spec(graph.graph.input), "outputs": spec(graph.graph.output)}
+    def fields(buf: bytes):
+        i = 0
+        while i < len(buf):
+            key, i = _varint(buf, i)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, i = _varint(buf, i)
+            elif wire == 2:
+                size, i = _varint(buf, i)
+                value, i = buf[i:i + size], i + size
+                if i > len(buf):
+                    raise ValueError("truncated field")
+            elif wire in (1, 5):
+                value, i = None, i + (8 if wire == 1 else 4)
+            else:
+                raise ValueError(f"wire type {wire}")
+            yield number, value
+
+    for number, value in fields(data):
+        if number == 8:
+            entry = dict(fields(value))
+            if entry.get(1, b"") in (b"", b"ai.onnx"):
+                return entry.get(2, 1)
+    return None
 
 
-def check_graph(graph: onnx.ModelProto, want: dict, opset: int) -> str | None:
-    """What differs between a graph and its manifest entry (opset, inputs, outputs), or None."""
-    got_opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
-    if got_opset != opset:
-        return f"opset {got_opset}, but manifest.json says {opset}"
-    got = graph_io(graph)
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if b < 0x80:
+            return value, i
+
+
+def session_io(session: ort.InferenceSession) -> dict:
+    """A session's inputs and outputs as the manifest records them: name → [element type, dims]."""
+    def spec(args):
+        return {a.name: [ORT_TYPES.get(a.type, a.type), [0 if d is None else d for d in a.shape]] for a in args}
+
+    return {"inputs": spec(session.get_inputs()), "outputs": spec(session.get_outputs())}
+
+
+def check_graph(got: dict, want: dict) -> str | None:
+    """What differs between a graph's inputs / outputs and its manifest entry, or None."""
     for kind in ("inputs", "outputs"):
         missing = sorted(set(want[kind]) - set(got[kind]))
         if missing:
@@ -53,16 +98,20 @@ def check_graph(graph: onnx.ModelProto, want: dict, opset: int) -> str | None:
 def open_session(bundle: Bundle, entry: dict, opset: int, options: ort.SessionOptions) -> ort.InferenceSession:
     path = bundle.file(entry["file"])
     try:
-        graph = onnx.load(path, load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
-        raise EdgeVLMError(f"not a valid ONNX model ({str(e).splitlines()[0]})", path) from None
-    problem = check_graph(graph, {k: entry[k] for k in ("inputs", "outputs")}, opset)
-    if problem:
-        raise EdgeVLMError(problem, path)
+        got_opset = read_opset(path)
+    except ValueError as e:
+        raise EdgeVLMError(f"not a valid ONNX model ({e})", path) from None
+    if got_opset != opset:
+        raise EdgeVLMError(f"opset {got_opset}, but manifest.json says {opset}", path)
     try:
-        return ort.InferenceSession(str(path), options, providers=PROVIDERS)
+        with native_quiet():
+            session = ort.InferenceSession(str(path), options, providers=PROVIDERS)
     except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / ... types
         raise EdgeVLMError(f"onnxruntime cannot load the graph ({str(e).splitlines()[0]})", path) from None
+    problem = check_graph(session_io(session), {k: entry[k] for k in ("inputs", "outputs")})
+    if problem:
+        raise EdgeVLMError(problem, path)
+    return session
 
 
 class OnnxRuntime(ContractRuntime):

@@ -1,36 +1,51 @@
-"""`TrainConfig`: one training run (a stage with a method and its schedule)."""
+"""`TrainConfig`: one training run (a stage with a method and its schedule).
+
+Each field's `metadata` holds the help of its `edgevlm train` flag (and the flag's name or choices where they are
+not the field's own), so the command is generated from this class and cannot drift from it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from edgevlm.config import Method, Stage, _check, _plain
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _arg(default, help: str = "", **flag):
+    """A field with its flag's help; `flag` may add `name` (when not --field-name) and `choices`."""
+    return field(default=default, metadata={"help": help, **flag})
 
 
 @dataclass
 class TrainConfig:
-    stage: Stage = Stage.FINETUNE
-    method: Method = Method.FULL
-    epochs: float = 1.0
-    max_steps: int = 0  # > 0 caps the run (for smoke tests)
-    batch_size: int = 8
-    lr: float = 1e-3
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    train_vision: bool = False  # finetune: also train the tower (a from-scratch tower needs it)
-    freeze_projector: bool = False  # finetune: keep the projector (e.g. one a vision warm-up trained)
-    vision_window: int = 0  # vision stage: train on W x W patch windows around objects (0: whole images)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    keep_adapter: bool = False
-    experts: int = 4  # method moe: experts per MoE layer (MoE-LLaVA: 4)
-    top_k: int = 2  # method moe: experts per token (MoE-LLaVA: 2)
-    aux_loss_coef: float = 0.01  # method moe: weight of the summed load-balancing losses (MoE-LLaVA: 0.01)
-    save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end)
+    stage: Stage = _arg(Stage.FINETUNE, "vision: warm up a from-scratch tower on shapes cell labels; pretrain: "
+                                        "projector only; finetune: projector + LLM")
+    method: Method = _arg(Method.FULL, "moe: MoE-LLaVA stage III, upcycle every second LLM FFN into experts, "
+                                       "train FFNs + routers")
+    epochs: float = _arg(1.0)
+    max_steps: int = _arg(0, "> 0 caps the run (smoke tests)")
+    batch_size: int = _arg(8)
+    lr: float = _arg(1e-3)
+    warmup_ratio: float = _arg(0.03)
+    weight_decay: float = _arg(0.0)
+    train_vision: bool = _arg(False, "finetune: also train the vision tower (a from-scratch tower needs it)")
+    freeze_projector: bool = _arg(False, "finetune: keep the projector as it is (e.g. after a vision warm-up)")
+    vision_window: int = _arg(0, "vision stage: train on W x W patch windows around each object (0: whole images)")
+    lora_r: int = _arg(16)
+    lora_alpha: int = _arg(32)
+    keep_adapter: bool = _arg(False, "save the LoRA adapter instead of merging it")
+    experts: int = _arg(4, "method moe: experts per MoE layer (MoE-LLaVA: 4)")
+    top_k: int = _arg(2, "method moe: experts per token (MoE-LLaVA: 2)")
+    aux_loss_coef: float = _arg(0.01, "method moe: coefficient of the summed load-balancing losses (MoE-LLaVA: "
+                                      "0.01)", name="--aux-loss")
+    save_every: int = _arg(0, "checkpoint every N optimizer steps (0: only at the end)")
     # bf16 autocast (weights and optimizer stay fp32): "auto" uses it on CUDA only; "bf16" also on a CPU, where
     # it pays off with native bf16 matmuls (AVX512-BF16 / AMX: ~1.4x on the quickstart's LLM), not without
-    precision: str = "auto"
-    seed: int = 0
+    precision: str = _arg("auto", "bf16 autocast: auto = on CUDA only; bf16 = also on CPU (fast with AVX512-BF16 / "
+                                  "AMX)", choices=PRECISIONS)
+    seed: int = _arg(0)
 
     def __post_init__(self):
         self.stage, self.method = Stage(self.stage), Method(self.method)
@@ -40,7 +55,7 @@ class TrainConfig:
         _check(not (self.method is Method.MOE and self.stage is not Stage.FINETUNE), "MoE-tuning applies to finetune")
         _check(1 <= self.top_k <= self.experts, "top_k must be in [1, experts]")
         _check(self.aux_loss_coef >= 0, "aux_loss_coef must be >= 0")
-        _check(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, not {self.precision!r}")
+        _check(self.precision in PRECISIONS, f"precision must be {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

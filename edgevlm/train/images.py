@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgevlm.data.images import ImagePreprocess, load_image
+from edgevlm.bundle.image import ImagePreprocess, load_image
 
 _last: tuple | None = None  # (key, table) of image_table's last call
 
@@ -38,10 +38,7 @@ class ImageTable:
         self.std = torch.tensor(prep.std).view(1, 3, 1, 1)
 
     def _load(self, path: Path) -> np.ndarray:
-        im = load_image(path)
-        if im.size != (self.prep.size, self.prep.size):
-            im = im.resize((self.prep.size, self.prep.size), resample=3)  # bicubic, as ImagePreprocess does
-        return np.asarray(im, dtype=np.uint8)
+        return self.prep.resized(load_image(path))
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -1,4 +1,8 @@
-"""LoRA on the LLM through peft, and the two ways to save it (merged, or base + adapter)."""
+"""LoRA on the LLM through peft, and the two ways to save it (merged, or base + adapter).
+
+A kept adapter lives in the model dir's `adapter/` beside the base weights; `edgevlm.load.load_model` applies it
+when it opens the dir. Both halves live here so that models/ never needs to know about peft.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgevlm.io import atomic_dir
+from edgevlm.models.checkpoint import unique_state
+from edgevlm.models.vlm import ADAPTER as ADAPTER_DIR
+from edgevlm.models.vlm import EdgeVLM, write_model_dir
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                 "dense", "fc1", "fc2", "qkv_proj", "gate_up_proj"]
-ADAPTER_DIR = "adapter"
 
 
 def add_lora(llm: nn.Module, r: int, alpha: int) -> nn.Module:
@@ -38,6 +46,20 @@ def base_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         out[k.replace("llm.base_model.model.", "llm.").replace(".base_layer.", ".")] = v
     return out
+
+
+def save_pretrained(model: EdgeVLM, out: str | Path) -> Path:
+    """A model dir for `model`, whose LLM may carry LoRA: base weights under their plain names, plus `adapter/`."""
+    if not is_lora(model.llm):
+        return model.save_pretrained(out)
+    with atomic_dir(out) as tmp:
+        write_model_dir(tmp, model, base_state(unique_state(model)))
+        model.llm.save_pretrained(str(tmp / ADAPTER_DIR))
+    return Path(out)
+
+
+def has_adapter(model_dir: Path) -> bool:
+    return (model_dir / ADAPTER_DIR).is_dir()
 
 
 def load_adapter(llm: nn.Module, model_dir: Path) -> nn.Module:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgevlm.data.tokenizer import IMAGE_TOKEN_INDEX
+from edgevlm.bundle.tokenizer import IMAGE_TOKEN_INDEX
 
 IGNORE = -100
 

@@ -23,6 +23,7 @@ from edgevlm.config import Method, MoEConfig, Stage
 from edgevlm.data.llava import read_llava
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir, write_json
+from edgevlm.load import load_model
 from edgevlm.models.checkpoint import read_weights, save_weights, load_weights, unique_state
 from edgevlm.models import moe
 from edgevlm.models.llm import ATTENTION
@@ -76,18 +77,29 @@ def cpu_has_bf16() -> bool:
 
 
 class Trainer:
-    def __init__(self, model: EdgeVLM, data_dir: str | Path, out: str | Path, cfg: TrainConfig,
-                 progress: bool = True, head_from: Path | None = None):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
-        torch.manual_seed(cfg.seed)  # the warm-up head and LoRA weights start the same in every run
+    """`Trainer(model, out, cfg).setup(data_dir)` reads the data and prepares the model; `.run()` trains.
+
+    Construction only stores its arguments; the work that reads files, changes the model (LoRA, MoE upcycling,
+    what trains) and caches tower features is `setup`, a step of its own as in torchtune's recipes, so a caller
+    can make a trainer cheaply and decide when that work happens.
+    """
+
+    def __init__(self, model: EdgeVLM, out: str | Path, cfg: TrainConfig, progress: bool = True):
+        self.model, self.out, self.cfg, self.progress = model, Path(out), cfg, progress
         self.device = pick_device()
-        self.model = model.to(self.device)
+        self.images = self.items = self.head = self.features = None  # set by setup()
+
+    def setup(self, data_dir: str | Path, head_from: Path | None = None) -> "Trainer":
+        """Read `data_dir`, build what the stage trains on, make the right parameters trainable and cache the
+        frozen tower's features. `head_from`: a model dir of an earlier warm-up phase whose head continues."""
+        cfg, data_dir = self.cfg, Path(data_dir)
+        torch.manual_seed(cfg.seed)  # the warm-up head and LoRA weights start the same in every run
+        self.model.to(self.device)
         records = read_llava(data_dir)
         paths = sorted({r.image for r in records})
-        self.images = image_table(paths, model.preprocess, progress)
-        self.head = None
+        self.images = image_table(paths, self.model.preprocess, self.progress)
         if cfg.stage is Stage.VISION:
-            self.items, self.head = self._cell_items(Path(data_dir), paths), CellHead(model.cfg.llm.hidden_size)
+            self.items, self.head = self._cell_items(data_dir, paths), CellHead(self.model.cfg.llm.hidden_size)
             if head_from is not None and (head_from / VISION_HEAD).is_file():  # a later warm-up phase
                 self.head.load_state_dict(read_weights(head_from / VISION_HEAD))
             self.head.to(self.device)
@@ -98,6 +110,7 @@ class Trainer:
         self._set_trainable()
         self.features = None if self._tower_trains else self._cache_features()
         set_attention(self.model, TRAIN_ATTENTION[self.device.type])  # after caching: sdpa is faster without grads
+        return self
 
     # ---- what trains on what ---------------------------------------------------------------------------------
     @property
@@ -230,6 +243,8 @@ class Trainer:
         return [self.items[j] for j in idx.tolist()]
 
     def run(self, resume: bool = False) -> TrainResult:
+        if self.items is None:
+            raise RuntimeError("Trainer.run() needs setup() first")
         cfg, total = self.cfg, self.total_steps()
         torch.manual_seed(cfg.seed)
         opt = torch.optim.AdamW(self.params(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -265,7 +280,7 @@ class Trainer:
         if not self.cfg.keep_adapter:
             self.model.llm = lora.merge(self.model.llm)
         set_attention(self.model, ATTENTION)  # as built
-        self.model.save_pretrained(self.out)
+        lora.save_pretrained(self.model, self.out)
         if self.head is not None:
             save_weights({k: v.contiguous() for k, v in self.head.state_dict().items()}, self.out / VISION_HEAD)
         write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step,
@@ -321,5 +336,5 @@ def _saved_config(saved: dict) -> dict | None:
 def train(model_dir: str | Path, data_dir: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train a model dir on a LLaVA-format data dir and write the result as a model dir at `out`."""
-    model = EdgeVLM.from_pretrained(model_dir)
-    return Trainer(model, data_dir, out, cfg, progress, head_from=Path(model_dir)).run(resume=resume)
+    trainer = Trainer(load_model(model_dir), out, cfg, progress)
+    return trainer.setup(data_dir, head_from=Path(model_dir)).run(resume=resume)

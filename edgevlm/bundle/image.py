@@ -1,0 +1,61 @@
+"""Image preprocessing, described by data so that every runtime and client reproduces it exactly.
+
+The recipe (resize to the tower's square size with PIL's bicubic filter on 8-bit RGB, scale to [0, 1],
+normalize by the tower's mean / std) is CLIP's and SigLIP's image processor for square inputs; the manifest
+carries it and docs/bundle-spec.md spells out its arithmetic, which the goldens pin bit for bit. numpy + PIL
+only: training turns the array into a tensor itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgevlm.errors import EdgeVLMError
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "bicubic"  # PIL filter used when the image is not already size x size
+    rescale: float = 1 / 255
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resized(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """An image → its RGB levels at size x size, (size, size, 3) uint8: PIL's bicubic resize on 8 bits."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        image = image.convert("RGB")
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, levels: np.ndarray) -> np.ndarray:
+        """(S, S, 3) uint8 → pixel_values (3, S, S) float32, every step in float32: (v * rescale - mean) / std."""
+        x = levels.astype(np.float32) * np.float32(self.rescale)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+    def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """An RGB image → pixel_values (3, size, size) float32."""
+        return self.normalize(self.resized(image))
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image fully (so a truncated file fails here, naming the file) as RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeVLMError("image not found", path)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise EdgeVLMError(f"cannot read image ({e})", path) from None
