@@ -35,7 +35,7 @@ from PIL import Image
 from edgevlm.data.llava import read_llava
 from edgevlm.data.shapes import write_shapes
 from edgevlm.export import ExportConfig, export
-from edgevlm.export.bundle import file_entries
+from edgevlm.bundle.manifest import file_entries
 from edgevlm.io import read_json, write_json
 from edgevlm.models.factory import create
 from edgevlm.runtimes import load_runtime

@@ -1,10 +1,14 @@
-// Opening an edgevlm ONNX bundle: manifest.json, then every file it lists checked for its byte count and
-// sha256 (crypto.subtle) before anything runs, so a truncated or replaced file is a one-line error naming it.
+// Opening an edgevlm ONNX bundle as docs/bundle-spec.md (section 2) orders it: manifest.json a JSON object,
+// its spec_version one this page reads, every listed name a relative path inside the bundle (checked before any
+// file is fetched), the fields this page uses present, then every listed file's byte count and sha256
+// (crypto.subtle) before anything runs, so a truncated or replaced file is a one-line error naming it. (The
+// spec's JSON Schema check is the Python reader's; this page checks the fields it reads.)
 // A bundle is read through a `source`: async (relative path) → Uint8Array, so the same code serves a URL
 // next to the page (fetchSource), a directory the user picked (filesSource) and Node tests (a fs reader).
 
 export const MANIFEST = "manifest.json";
 const REQUIRED = ["format", "files", "image", "prompt", "max_context", "runtime"];
+export const READS = ["0", "1"]; // spec_version majors: 0 = written before the spec (no field), 1 = 1.x
 
 /** A bad bundle or input: `message` is one line naming the file when there is one. */
 export class BundleError extends Error {
@@ -38,6 +42,16 @@ export function filesSource(fileList) {
   };
 }
 
+/** A listed name must be a relative path that stays inside the bundle (spec section 2, rule 3). */
+function checkName(name) {
+  const bad = (why) => new BundleError(`file name ${JSON.stringify(name)} ${why}`, MANIFEST);
+  if (!name || name.includes("\\") || name.includes("\0")) throw bad("is not a relative path with / separators");
+  if (name.startsWith("/") || /^[A-Za-z]:/.test(name)) throw bad("is an absolute path: a bundle names files inside itself");
+  if (name.split("/").some((part) => part === "" || part === "." || part === "..")) {
+    throw bad("leaves the bundle or is not normalized ('..', '.', '//')");
+  }
+}
+
 export async function sha256Hex(bytes) {
   const digest = new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", bytes));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -54,6 +68,14 @@ export async function openBundle(source, { onProgress } = {}) {
   } catch (e) {
     throw e instanceof BundleError ? e : new BundleError(`not valid JSON (${e.message})`, MANIFEST);
   }
+  if (typeof manifest !== "object" || manifest === null || Array.isArray(manifest)) {
+    throw new BundleError("not a manifest: the top level is not a JSON object", MANIFEST);
+  }
+  const version = manifest.spec_version ?? "0";
+  if (typeof version !== "string" || !READS.includes(version.split(".")[0])) {
+    throw new BundleError(`spec_version ${JSON.stringify(version)} is not one this page reads (0, 1.x)`, MANIFEST);
+  }
+  if (typeof manifest.files === "object" && manifest.files !== null) Object.keys(manifest.files).forEach(checkName);
   for (const key of REQUIRED) {
     if (!(key in manifest)) throw new BundleError(`manifest lacks ${JSON.stringify(key)}`, MANIFEST);
   }

@@ -79,7 +79,8 @@ export class OnnxBundleRuntime {
   /** The prompt's embeddings with the image spliced in, flat (T + N_img - 1) * D, and that length. */
   async promptEmbeds(image, ids) {
     const at = ids.indexOf(IMAGE_TOKEN);
-    if (at < 0) throw new BundleError("the prompt has no image placeholder", "manifest.json");
+    const count = ids.filter((i) => i === IMAGE_TOKEN).length;
+    if (count !== 1) throw new BundleError(`the prompt holds ${count} image markers; exactly one is allowed`);
     const before = await this.embed(ids.slice(0, at));
     const after = await this.embed(ids.slice(at + 1));
     const all = new Float32Array(before.length + image.embeds.length + after.length);
@@ -161,12 +162,19 @@ async function openSession(bundle, entry, weights) {
   } catch (e) {
     throw new BundleError(`onnxruntime-web cannot load the graph (${String(e.message ?? e).split("\n")[0]})`, entry.file);
   }
-  for (const [kind, got] of [["inputs", session.inputNames], ["outputs", session.outputNames]]) {
-    const want = Object.keys(entry[kind]);
-    const missing = want.filter((n) => !got.includes(n));
-    if (missing.length) throw new BundleError(`graph lacks ${kind.slice(0, -1)} ${JSON.stringify(missing[0])} that manifest.json lists`, entry.file);
-    const extra = got.filter((n) => !want.includes(n));
-    if (extra.length) throw new BundleError(`graph has ${kind.slice(0, -1)} ${JSON.stringify(extra[0])} that manifest.json does not list`, entry.file);
+  // the graph's inputs and outputs against the manifest's (names, element types, shapes with named axes)
+  for (const [kind, meta] of [["inputs", session.inputMetadata], ["outputs", session.outputMetadata]]) {
+    const want = entry[kind], got = new Map(meta.map((m) => [m.name, m]));
+    const missing = Object.keys(want).find((n) => !got.has(n));
+    if (missing) throw new BundleError(`graph lacks ${kind.slice(0, -1)} ${JSON.stringify(missing)} that manifest.json lists`, entry.file);
+    const extra = [...got.keys()].find((n) => !(n in want));
+    if (extra) throw new BundleError(`graph has ${kind.slice(0, -1)} ${JSON.stringify(extra)} that manifest.json does not list`, entry.file);
+    for (const [name, [type, shape]] of Object.entries(want)) {
+      const m = got.get(name), gotSpec = JSON.stringify([m.type, m.shape]);
+      if (gotSpec !== JSON.stringify([type, shape])) {
+        throw new BundleError(`${kind.slice(0, -1)} ${JSON.stringify(name)} is ${gotSpec}, manifest.json says ${JSON.stringify([type, shape])}`, entry.file);
+      }
+    }
   }
   return session;
 }

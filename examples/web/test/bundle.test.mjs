@@ -50,3 +50,19 @@ test("a non-ONNX bundle is refused", async () => {
 test("a manifest that is not JSON is named", async () => {
   await rejects({ "manifest.json": new TextEncoder().encode("{") }, /^manifest\.json: not valid JSON/);
 });
+
+const edited = (edit) => {
+  const m = JSON.parse(new TextDecoder().decode(bytes("manifest.json")));
+  edit(m);
+  return { "manifest.json": new TextEncoder().encode(JSON.stringify(m)) };
+};
+
+test("an unknown spec_version major is refused before anything else", async () => {
+  await rejects(edited((m) => { m.spec_version = "2.0"; delete m.format; }), /^manifest\.json: spec_version "2\.0" is not one this page reads/);
+});
+
+test("a listed name outside the bundle is refused before any file is read", async () => {
+  for (const name of ["../secret", "/etc/passwd", "a//b", "C:x", "a\\b"]) {
+    await rejects(edited((m) => { m.files[name] = { sha256: "0", bytes: 1 }; }), /^manifest\.json: file name .* (leaves the bundle|absolute|relative path)/);
+  }
+});

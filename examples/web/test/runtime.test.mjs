@@ -84,3 +84,18 @@ if (int4.length) {
     assert.ok(same >= INT4.answers * int4.length, `${same}/${int4.length} answers identical`);
   });
 }
+
+test("a graph whose inputs differ from the manifest's is a one-line error naming the graph", async () => {
+  const { manifest, files } = await bundleOf(onnxBundles[0]);
+  const m = structuredClone(manifest);
+  m.runtime.graphs.decoder.inputs.position_ids[0] = "int32";
+  await assert.rejects(OnnxBundleRuntime.create({ manifest: m, files }), (e) => (assert.match(e.message,
+    /^decoder\.onnx: input "position_ids" is \["int64",\["batch","sequence"\]\], manifest\.json says \["int32",\["batch","sequence"\]\]$/), true));
+});
+
+test("a question with a second image marker is refused, never run with a -200 id", async () => {
+  const entry = onnxBundles[0];
+  const rt = await runtimeOf(entry);
+  const image = await encoded(rt, entry);
+  await assert.rejects(rt.generate(image, "<image> and <image>?"), /exactly one is allowed/);
+});
