@@ -28,7 +28,7 @@ from edgevlm.export import onnx as onnx_export
 from edgevlm.models.vlm import EdgeVLM
 from edgevlm.runtimes import load_runtime
 
-NEW_TOKENS = 16
+NEW_TOKENS = 32
 QUANTS = ("fp32", "int4")
 TEXTS = ["USER: ", " ASSISTANT:", "What shape is in the top left cell?", "red circle", "0 1 2 3 4 5 6 7 8 9",
          "héllo wörld ✓ ünïcode", "two  spaces and\na newline", "Is there a 7?", "  leading and trailing  "]
@@ -51,9 +51,8 @@ def _synthetic_images(rng: np.random.Generator, scene: Image.Image) -> dict[str,
 def _image_vector(path: Path, rel: str, preprocess) -> dict:
     image = Image.open(path).convert("RGB")
     size = preprocess.size
-    resized = image if image.size == (size, size) else image.resize((size, size), Image.Resampling.BICUBIC)
-    hwc = np.asarray(resized, dtype=np.uint8)
-    chw = preprocess(image).numpy().astype("<f4")
+    hwc = preprocess.resized(image)  # (S, S, 3) uint8
+    chw = preprocess.normalize(hwc).astype("<f4")  # (3, S, S)
     rng = np.random.default_rng(len(rel))
     ys, xs, cs = rng.integers(0, size, 8), rng.integers(0, size, 8), rng.integers(0, 3, 8)
     return {
