@@ -8,7 +8,8 @@
 // in its file picker (bundleDir: a local path), the image through the file picker,
 // then answers each question through the form (or runs window.edgevlm.bench). Prints one JSON object:
 // {browser, results: [{bundle, question, ids, text, ...timings} | {bundle, error}], bench: [...]}.
-// Every wait is bounded; any failure exits non-zero with one line on stderr.
+// `extraArgs` adds Chromium switches (e.g. --js-flags=... to study V8's wasm tiers). Every wait is bounded; any
+// failure exits non-zero with one line on stderr.
 
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -60,7 +61,7 @@ async function main() {
   const timeout = cfg.timeoutMs ?? 120_000;
   const profile = mkdtempSync(join(tmpdir(), "edgevlm-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM, headless: true, args: FLAGS, viewport: { width: 820, height: 900 }, timeout: 60_000,
+    executablePath: CHROMIUM, headless: true, args: [...FLAGS, ...(cfg.extraArgs ?? [])], viewport: { width: 820, height: 900 }, timeout: 60_000,
   });
   const killer = setTimeout(() => {
     console.error(`browser run exceeded ${cfg.totalTimeoutMs ?? 600_000} ms`);
