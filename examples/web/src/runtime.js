@@ -19,9 +19,8 @@ const EMPTY = { float32: Float32Array, float16: Uint16Array }; // KV element typ
  * Set the wasm backend's threads before the first session: > 1 needs SharedArrayBuffer, which a page only
  * has when cross-origin isolated (served with COOP: same-origin and COEP: require-corp).
  */
-export function configureWasm({ threads = 1, wasmPaths } = {}) {
+export function configureWasm({ threads = 1 } = {}) {
   ort.env.wasm.numThreads = threads;
-  if (wasmPaths) ort.env.wasm.wasmPaths = wasmPaths;
   ort.env.logLevel = "error";
 }
 
@@ -43,7 +42,8 @@ export class OnnxBundleRuntime {
     this.sessions = {};
     const kv = manifest.runtime.kv_cache;
     const pattern = (p, i, which) => p.replace("%d", i).replace("%s", which);
-    this.pastNames = [], this.presentNames = [];
+    this.pastNames = [];
+    this.presentNames = [];
     for (let i = 0; i < kv.layers; i++) {
       for (const which of ["key", "value"]) {
         this.pastNames.push(pattern(kv.past, i, which));
