@@ -34,7 +34,7 @@ from edgevlm.runtimes import load_runtime  # noqa: E402
 
 
 def _tiny(projector: str, tower: VisionKind = VisionKind.CLIP) -> EdgeVLM:
-    cfg = tiny_vlm("test", projector)
+    cfg = tiny_vlm("mobilevlm", projector)
     cfg.vision.kind, cfg.vision.drop_first_token = tower, tower is VisionKind.CLIP  # each tower's own rule
     model = create("mobilevlm-v2-tiny", seed=0)
     torch.manual_seed(0)

@@ -2,8 +2,7 @@
 answering the golden questions in headless Chromium (Debian's chromium driven by playwright-core).
 
 Node and Chromium are part of the set-up (scripts/setup installs both): a missing one fails here, naming
-the fix, never skips (only `scripts/setup core`, which has no ONNX stack to build bundles with, skips). The golden vectors are tests/goldens/vectors.json when present, else the same shape
-built from the tiny trained model by tests/web_goldens.py.
+the fix, never skips. The vectors and bundles are the goldens (tests/goldens, docs/bundle-spec.md section 9).
 """
 
 from __future__ import annotations
@@ -42,19 +41,10 @@ def node() -> str:
 
 
 @pytest.fixture(scope="session")
-def goldens(request, tmp_path_factory) -> Path:
-    """The directory holding vectors.json, images/ and bundles/: $EDGEVLM_GOLDENS (a dir built before, to iterate
-    on the page), else the shared goldens once they have ONNX bundles, else built here."""
-    if os.environ.get("EDGEVLM_GOLDENS"):
-        return Path(os.environ["EDGEVLM_GOLDENS"])
-    shared = ROOT / "tests" / "goldens" / "vectors.json"
-    if shared.is_file() and any(b["format"] == "onnx" for b in json.loads(shared.read_text())["bundles"]):
-        return shared.parent
-    pytest.importorskip("onnxruntime")  # building them exports ONNX bundles (`scripts/setup core` has no ONNX stack)
-    from web_goldens import write_goldens
-
-    return write_goldens(tmp_path_factory.mktemp("web-goldens"), request.getfixturevalue("trained_model_dir"),
-                         request.getfixturevalue("shapes_eval"))
+def goldens() -> Path:
+    """The directory holding vectors.json, images/ and bundles/: tests/goldens, or $EDGEVLM_GOLDENS (another
+    directory `edgevlm goldens` wrote, to iterate on the page)."""
+    return Path(os.environ.get("EDGEVLM_GOLDENS") or ROOT / "tests" / "goldens")
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +76,6 @@ def tap_failures(tap: str) -> list[str]:
     return failures
 
 
-# `goldens` comes before `node` in the signatures: under `scripts/setup core` (no ONNX stack) the goldens cannot be
-# built and these tests skip there, before a missing Node would fail them.
 def test_node_unit_tests(goldens, node):
     """The JS core (bundle checks, resize + normalisation, tokenizer + prompt, the three graphs in wasm) in Node."""
     files = sorted(str(p.relative_to(WEB)) for p in (WEB / "test").glob("*.test.mjs"))
