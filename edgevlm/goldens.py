@@ -40,7 +40,7 @@ from PIL import Image
 from edgevlm.bundle.image import ImagePreprocess, load_image
 from edgevlm.bundle.manifest import MANIFEST, TOKENIZER
 from edgevlm.bundle.tokenizer import IMAGE_TOKEN_INDEX
-from edgevlm.data.shapes import COLORS, POSITIONS, _shape_mask
+from edgevlm.data.shapes import COLORS, POSITIONS, shape_mask
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export import ExportConfig, export
 from edgevlm.io import atomic_dir, atomic_file, read_json
@@ -173,7 +173,7 @@ def draw(g: GoldenImage, index: int) -> np.ndarray:
         side = max(2, round(s.size * min(g.width, g.height)))
         top = min(max(round(s.y * g.height - side / 2), 0), g.height - side)
         left = min(max(round(s.x * g.width - side / 2), 0), g.width - side)
-        img[top : top + side, left : left + side][_shape_mask(s.name, side)] = COLORS[s.color]
+        img[top : top + side, left : left + side][shape_mask(s.name, side)] = COLORS[s.color]
     return img.astype(np.uint8)
 
 

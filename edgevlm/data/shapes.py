@@ -78,7 +78,7 @@ def sample_scene(rng: np.random.Generator, split: str) -> Scene:
     return tuple(cells)
 
 
-def _shape_mask(shape: str, size: int) -> np.ndarray:
+def shape_mask(shape: str, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     if shape == "circle":
         r = size / 2
@@ -101,7 +101,7 @@ def render_scene(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         top, left = (pos // 2) * CELL + obj.y, (pos % 2) * CELL + obj.x
         box = img[top : top + obj.size, left : left + obj.size]
         if obj.kind == "shape":
-            box[_shape_mask(obj.name, obj.size)] = COLORS[obj.color]
+            box[shape_mask(obj.name, obj.size)] = COLORS[obj.color]
         else:
             idx = np.arange(obj.size) * 8 // obj.size  # nearest-neighbour upscale of the 8x8 digit
             ink = _digits()[0][obj.sample][np.ix_(idx, idx)][..., None]
