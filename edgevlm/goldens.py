@@ -348,8 +348,8 @@ and commit the result; `tests/test_goldens.py` regenerates them and fails on any
     order, `(v * (1/255) - mean) / std`, is exact in every language.
   - `bundles`: per bundle and image, from its own Python runtime, asked "{question}": `prompt_positions`
     (prefill length, image tokens included), `image_embeds` (`shape`, `sum`, `abs_sum`, samples `[i, j, value]`),
-    `top5` `[id, logit]` after prefill, `greedy_ids` ({new_tokens} tokens; EOS does not stop them), their `text`,
-    and `top2_gaps` / `min_top2_gap`, the top-1 minus top-2 logit at each greedy step: a client whose logits
+    `top5` `[id, logit]` after prefill, `greedy_ids` ({new_tokens} tokens; EOS does not stop them), their `text`
+    (the tokenizer's raw decode; the answer a client shows is it stripped), and `top2_gaps` / `min_top2_gap`, the top-1 minus top-2 logit at each greedy step: a client whose logits
     differ from these by less than half that gap must produce the same tokens.
   - `reference`: PyTorch's greedy tokens for the same inputs; every bundle's must equal them.
 

@@ -29,6 +29,7 @@ export class TextTokenizer {
   /** Ids → text as Python's Runtime.decode: BOS / EOS / PAD dropped, special tokens skipped, stripped. */
   decode(ids) {
     const kept = ids.filter((i) => !this.special.has(i));
+    if (kept.length === 0) return ""; // the JS tokenizer refuses an empty list
     return this.tok.decode(kept, { skip_special_tokens: true, clean_up_tokenization_spaces: false }).trim();
   }
 }
