@@ -2,7 +2,7 @@ package edgevlm.app
 
 import androidx.test.ext.junit.runners.AndroidJUnit4
 import androidx.test.platform.app.InstrumentationRegistry
-import edgevlm.core.Bundle
+import edgevlm.core.ModelBundle
 import edgevlm.core.sha256
 import org.json.JSONObject
 import org.junit.Assert.assertEquals
@@ -23,7 +23,7 @@ class GoldenOnDeviceTest {
 
     @Test
     fun testGoldenImagesThroughTheAppDecoder() {
-        val pre = Bundle.open(File(goldens, "bundles/gguf-q4_0")).preprocess
+        val pre = ModelBundle.open(File(goldens, "bundles/gguf-q4_0")).preprocess
         val images = vectors.getJSONArray("images")
         for (k in 0 until images.length()) {
             val case = images.getJSONObject(k)
@@ -39,7 +39,7 @@ class GoldenOnDeviceTest {
     fun testGoldenBundlesOpen() {
         val cases = vectors.getJSONArray("bundles")
         val dirs = List(cases.length()) { cases.getJSONObject(it).getString("dir") }.toSortedSet()
-        for (dir in dirs) assertEquals(dir, dir.substringAfter('/').substringBefore('-'), Bundle.open(File(goldens, dir)).manifest.format)
+        for (dir in dirs) assertEquals(dir, dir.substringAfter('/').substringBefore('-'), ModelBundle.open(File(goldens, dir)).manifest.format)
     }
 
     private fun floatBytes(values: FloatArray): ByteArray =

@@ -1,7 +1,7 @@
 package edgevlm.app
 
 import edgevlm.core.Backend
-import edgevlm.core.Bundle
+import edgevlm.core.ModelBundle
 import edgevlm.core.EdgeVLMError
 
 /**
@@ -11,9 +11,9 @@ import edgevlm.core.EdgeVLMError
  * but answers with none (examples/README.md says what ran where).
  */
 object Backends {
-    private val byFormat: Map<String, (Bundle) -> Backend> = emptyMap()
+    private val byFormat: Map<String, (ModelBundle) -> Backend> = emptyMap()
 
-    fun open(bundle: Bundle): Backend {
+    fun open(bundle: ModelBundle): Backend {
         val make = byFormat[bundle.manifest.format] ?: throw EdgeVLMError(
             "no backend for ${bundle.manifest.format} bundles in this build " +
                 "(built: ${byFormat.keys.sorted().joinToString(", ").ifEmpty { "none yet" }})",

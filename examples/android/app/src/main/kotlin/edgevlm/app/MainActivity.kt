@@ -1,6 +1,6 @@
 package edgevlm.app
 
-import android.os.Bundle as SavedState
+import android.os.Bundle
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.rememberLauncherForActivityResult
 import androidx.activity.compose.setContent
@@ -26,7 +26,7 @@ import androidx.compose.runtime.setValue
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.graphics.asImageBitmap
 import androidx.compose.ui.unit.dp
-import edgevlm.core.Bundle
+import edgevlm.core.ModelBundle
 import edgevlm.core.EdgeVLMError
 import edgevlm.core.Generator
 import java.io.File
@@ -37,7 +37,7 @@ import kotlin.concurrent.thread
  * answer stream with its time to first token and decode speed. Everything but the widgets is edgevlm.core.
  */
 class MainActivity : ComponentActivity() {
-    override fun onCreate(savedInstanceState: SavedState?) {
+    override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
         val bundles = File(getExternalFilesDir(null), "bundles")
         setContent { MaterialTheme { Screen(bundles) } }
@@ -82,7 +82,7 @@ private fun Screen(bundlesDir: File) {
 
 /** Runs one question off the UI thread; returns the status line (timing, or the one-line error). */
 private fun ask(dir: File, photo: Photo, question: String, onText: (String) -> Unit): String = try {
-    val bundle = Bundle.open(dir)
+    val bundle = ModelBundle.open(dir)
     Backends.open(bundle).use { backend ->
         val a = Generator(bundle, backend).answer(question, photo.rgb, photo.width, photo.height) { _, text -> onText(text) }
         onText(a.text)

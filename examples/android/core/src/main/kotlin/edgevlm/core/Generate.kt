@@ -32,7 +32,7 @@ class Answer(val ids: IntArray, val text: String, val ttftMs: Double, val decode
     val tokensPerSecond: Double get() = if (ids.size > 1 && decodeMs > 0) (ids.size - 1) * 1000.0 / decodeMs else 0.0
 }
 
-class Generator(private val bundle: Bundle, private val backend: Backend) {
+class Generator(private val bundle: ModelBundle, private val backend: Backend) {
 
     /**
      * Answers [question] about an RGB image (HWC levels, `width` x `height`), greedily. [onToken] gets each new

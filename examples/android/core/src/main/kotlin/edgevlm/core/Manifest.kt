@@ -15,7 +15,7 @@ import java.security.MessageDigest
  * no JSON Schema validator without Maven), then every listed file has its size and sha256. The first problem is
  * one [EdgeVLMError] naming the file. org.json is the JSON API Android ships, so the core adds no dependency.
  */
-class Bundle private constructor(
+class ModelBundle private constructor(
     val dir: File,
     val manifest: Manifest,
     val tokenizer: Tokenizer,
@@ -37,11 +37,11 @@ class Bundle private constructor(
         const val TOKENIZER = "tokenizer.json"
 
         /** Reads and checks [dir]; `checkFiles = false` skips hashing (e.g. a bundle already checked once). */
-        fun open(dir: File, checkFiles: Boolean = true): Bundle {
+        fun open(dir: File, checkFiles: Boolean = true): ModelBundle {
             if (!dir.isDirectory) throw EdgeVLMError("bundle directory not found", dir)
             val manifest = Manifest.read(dir)
             if (checkFiles) checkFiles(dir, manifest.files)
-            return Bundle(dir, manifest, Tokenizer.load(File(dir, TOKENIZER)))
+            return ModelBundle(dir, manifest, Tokenizer.load(File(dir, TOKENIZER)))
         }
 
         private fun checkFiles(dir: File, files: Map<String, FileEntry>) {
@@ -86,8 +86,8 @@ class Manifest(
         )
 
         fun read(dir: File): Manifest {
-            val where = File(dir, Bundle.MANIFEST)
-            checkInside(dir, Bundle.MANIFEST, where)
+            val where = File(dir, ModelBundle.MANIFEST)
+            checkInside(dir, ModelBundle.MANIFEST, where)
             if (!where.isFile) throw EdgeVLMError("manifest not found", where)
             val root = try {
                 JSONTokener(where.readText()).nextValue()
@@ -147,7 +147,7 @@ class Manifest(
                         FileEntry(string("sha256", Regex("[0-9a-f]{64}")), int("bytes", 0).toLong())
                     }
                 }
-                if (Bundle.TOKENIZER !in entries) fail(Bundle.TOKENIZER, "not listed: every bundle carries its tokenizer")
+                if (ModelBundle.TOKENIZER !in entries) fail(ModelBundle.TOKENIZER, "not listed: every bundle carries its tokenizer")
                 entries
             }
             return Manifest(version, format, image, prompt, maxContext, runtime.obj, files)

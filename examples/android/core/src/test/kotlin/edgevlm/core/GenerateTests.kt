@@ -13,7 +13,7 @@ import java.io.File
  * are tested through their real backends (the JNI backend answers the golden GGUF bundles).
  */
 class GenerateTests {
-    private val bundle = Bundle.open(File(Goldens.dir, "bundles/gguf-q4_0"))
+    private val bundle = ModelBundle.open(File(Goldens.dir, "bundles/gguf-q4_0"))
     private val image = Goldens.rgb("images/upscale-37x23.png")
 
     /** Logits that make `script[step]` the argmax at each step (ties with a higher id included). */

@@ -21,7 +21,7 @@ class GoldenTests {
 
     @Test
     fun testGoldenPrompts() {
-        val bundle = Bundle.open(File(Goldens.dir, "bundles/gguf-q4_0"))
+        val bundle = ModelBundle.open(File(Goldens.dir, "bundles/gguf-q4_0"))
         val cases = Goldens.cases("prompts")
         for (case in cases) {
             val question = case.getString("question")
@@ -35,7 +35,7 @@ class GoldenTests {
 
     @Test
     fun testGoldenImages() {
-        val pre = Bundle.open(File(Goldens.dir, "bundles/gguf-q4_0"), checkFiles = false).preprocess
+        val pre = ModelBundle.open(File(Goldens.dir, "bundles/gguf-q4_0"), checkFiles = false).preprocess
         val cases = Goldens.cases("images")
         for (case in cases) {
             val file = case.getString("file")
@@ -66,10 +66,10 @@ class GoldenTests {
     @Test
     fun testGoldenBundles() {
         val cases = Goldens.cases("bundles")
-        val opened = HashMap<String, Bundle>()
+        val opened = HashMap<String, ModelBundle>()
         for (case in cases) {
             val dir = case.getString("dir")
-            val bundle = opened.getOrPut(dir) { Bundle.open(File(Goldens.dir, dir)) }
+            val bundle = opened.getOrPut(dir) { ModelBundle.open(File(Goldens.dir, dir)) }
             assertEquals("$dir format", case.getString("format"), bundle.manifest.format)
             val (before, after) = splitAtImage(bundle.promptIds(case.getString("question")))
             assertEquals("$dir prompt positions", case.getInt("prompt_positions"), before.size + bundle.prompt.imageTokens + after.size)

@@ -16,7 +16,7 @@ class ManifestTests {
     private val dir: File = Files.createTempDirectory("edgevlm-bundle").toFile().also { tmp ->
         File(Goldens.dir, "bundles/gguf-q4_0").listFiles()!!.forEach { it.copyTo(File(tmp, it.name)) }
     }
-    private val manifestFile = File(dir, Bundle.MANIFEST)
+    private val manifestFile = File(dir, ModelBundle.MANIFEST)
 
     @After
     fun cleanUp() {
@@ -29,7 +29,7 @@ class ManifestTests {
 
     private fun refused(file: File, vararg words: String) {
         try {
-            Bundle.open(dir)
+            ModelBundle.open(dir)
             fail("opened a bad bundle; expected: ${words.joinToString(" ")}")
         } catch (e: EdgeVLMError) {
             val line = e.message!!
@@ -41,13 +41,13 @@ class ManifestTests {
 
     @Test
     fun testGoodBundleOpens() {
-        assertEquals("gguf", Bundle.open(dir).manifest.format)
+        assertEquals("gguf", ModelBundle.open(dir).manifest.format)
     }
 
     @Test
     fun testLegacyManifestWithoutVersionOpens() {
         edit { remove("spec_version") }
-        assertEquals("0", Bundle.open(dir).manifest.specVersion)
+        assertEquals("0", ModelBundle.open(dir).manifest.specVersion)
     }
 
     @Test
@@ -112,7 +112,7 @@ class ManifestTests {
 
     @Test
     fun testFilesCheckedAgainstTheManifest() {
-        val tokenizer = File(dir, Bundle.TOKENIZER)
+        val tokenizer = File(dir, ModelBundle.TOKENIZER)
         val good = tokenizer.readBytes()
         tokenizer.appendText(" ")
         refused(tokenizer, "truncated or replaced")
@@ -124,7 +124,7 @@ class ManifestTests {
 
     @Test
     fun testOnlyListedFilesOpen() {
-        val bundle = Bundle.open(dir)
+        val bundle = ModelBundle.open(dir)
         assertEquals(File(dir, "model-q4_0.gguf"), bundle.file("model-q4_0.gguf"))
         try {
             bundle.file("other.gguf")
