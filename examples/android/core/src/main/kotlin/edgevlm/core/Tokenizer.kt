@@ -87,7 +87,7 @@ class Tokenizer private constructor(
             if (best < 0) break
             symbols[best] = symbols[best] + symbols.removeAt(best + 1)
         }
-        return IntArray(symbols.size) { vocab[symbols[it]] ?: throw EdgeVLMError("token '${symbols[it]}' is not in the vocabulary") }
+        return IntArray(symbols.size) { vocab.getValue(symbols[it]) } // every byte and merge result: checked at load
     }
 
     companion object {
@@ -132,6 +132,8 @@ class Tokenizer private constructor(
                 val pair = if (m is JSONArray) m.getString(0) + " " + m.getString(1) else m as String
                 ranks.putIfAbsent(pair, r)
             }
+            BYTE_TO_UNICODE.firstOrNull { it !in vocab }?.let { refuse("byte '$it' missing from the vocabulary") }
+            ranks.keys.firstOrNull { it.replace(" ", "") !in vocab }?.let { refuse("merge '$it' with no vocabulary entry") }
             val added = HashMap<String, Int>()
             val special = HashSet<Int>()
             val addedJson = root.optJSONArray("added_tokens") ?: JSONArray()
