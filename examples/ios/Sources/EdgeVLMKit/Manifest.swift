@@ -47,7 +47,8 @@ public final class ModelBundle {
     private static func checkFiles(_ dir: URL, _ files: [String: FileEntry]) throws {
         for (name, entry) in files.sorted(by: { $0.key < $1.key }) {
             let f = dir.appendingPathComponent(name)
-            guard let attributes = try? FileManager.default.attributesOfItem(atPath: f.path),
+            // symlinks followed (checkInside kept them inside the bundle), as Kotlin's File.isFile does
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: f.resolvingSymlinksInPath().path),
                   attributes[.type] as? FileAttributeType == .typeRegular else {
                 throw EdgeVLMError("file listed in manifest.json is missing", file: f)
             }
@@ -112,7 +113,7 @@ public struct Manifest {
             throw EdgeVLMError("spec_version \(shown) is not one this edgevlm reads (0, 1.x): a newer edgevlm " +
                 "wrote it, or it is not an edgevlm manifest", file: whereFile)
         }
-        for name in ((root["files"] as? [String: Any])?.keys).map(Array.init) ?? [] {
+        for name in (root["files"] as? [String: Any])?.keys.sorted() ?? [] {
             try checkInside(dir, name, whereFile)
         }
         return try Fields(root, "", whereFile).parse(versionString)

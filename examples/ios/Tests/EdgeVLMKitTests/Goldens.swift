@@ -31,7 +31,8 @@ enum Goldens {
         let url = dir.appendingPathComponent(file)
         let source = CGImageSourceCreateWithURL(url as CFURL, nil)!
         let image = CGImageSourceCreateImageAtIndex(source, 0, nil)!
-        precondition(image.bitsPerComponent == 8 && (image.bitsPerPixel == 24 || image.bitsPerPixel == 32), "\(file): not 8-bit RGB(A)")
+        precondition(image.bitsPerComponent == 8 && (image.bitsPerPixel == 24 || image.bitsPerPixel == 32)
+                     && image.byteOrderInfo == .orderDefault, "\(file): not 8-bit RGB(A) in byte order")
         let data = image.dataProvider!.data! as Data
         let step = image.bitsPerPixel / 8
         let alphaFirst = [.first, .premultipliedFirst, .noneSkipFirst].contains(image.alphaInfo)
