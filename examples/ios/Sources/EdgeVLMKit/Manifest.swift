@@ -83,13 +83,14 @@ public struct Manifest {
         "spec_version", "edgevlm_version", "format", "quantization", "family", "model", "parameters",
         "image", "prompt", "max_context", "runtime", "files", "verification",
     ]
-    /// Each format's runtime fields it must have (spec section 7).
-    static let RUNTIME_FILES: [String: [String]] = [
+    /// Each format's runtime fields that it must have (spec section 7); of them, `RUNTIME_PATHS` name files.
+    static let RUNTIME_REQUIRED: [String: [String]] = [
         "gguf": ["text_model", "mmproj"],
         "executorch": ["program"],
         "onnx": ["graphs", "opset", "kv_cache"],
         "coreml": ["functions"],
     ]
+    static let RUNTIME_PATHS: Set<String> = ["text_model", "mmproj", "program"]
 
     static func read(_ dir: URL) throws -> Manifest {
         let whereFile = dir.appendingPathComponent(ModelBundle.MANIFEST)
@@ -255,9 +256,9 @@ struct Fields {
                                 eosId: try p.int("eos_id", 0), padId: try p.int("pad_id", 0), addBos: try p.bool("add_bos"))
         let maxContext = try int("max_context", 1)
         let runtime = try object("runtime")
-        for key in Manifest.RUNTIME_FILES[format]! { _ = try runtime.require(key) }
-        if format == "gguf" { for key in ["text_model", "mmproj"] { try runtime.path(key) } }
-        if format == "executorch" { try runtime.path("program") }
+        for key in Manifest.RUNTIME_REQUIRED[format]! {
+            if Manifest.RUNTIME_PATHS.contains(key) { try runtime.path(key) } else { _ = try runtime.require(key) }
+        }
         let filesSection = try object("files")
         var files: [String: FileEntry] = [:]
         for name in filesSection.obj.keys.sorted() {

@@ -77,13 +77,14 @@ class Manifest(
             "spec_version", "edgevlm_version", "format", "quantization", "family", "model", "parameters",
             "image", "prompt", "max_context", "runtime", "files", "verification",
         )
-        /** Each format's runtime fields that name files, and the fields it must have (spec section 7). */
-        private val RUNTIME_FILES = mapOf(
+        /** Each format's runtime fields that it must have (spec section 7); of them, [RUNTIME_PATHS] name files. */
+        private val RUNTIME_REQUIRED = mapOf(
             "gguf" to listOf("text_model", "mmproj"),
             "executorch" to listOf("program"),
             "onnx" to listOf("graphs", "opset", "kv_cache"),
             "coreml" to listOf("functions"),
         )
+        private val RUNTIME_PATHS = setOf("text_model", "mmproj", "program")
 
         fun read(dir: File): Manifest {
             val where = File(dir, ModelBundle.MANIFEST)
@@ -135,11 +136,7 @@ class Manifest(
             }
             val maxContext = int("max_context", 1)
             val runtime = obj("runtime")
-            runtime.run {
-                for (key in RUNTIME_FILES.getValue(format)) require(key)
-                if (format == "gguf") listOf("text_model", "mmproj").forEach { path(it) }
-                if (format == "executorch") path("program")
-            }
+            for (key in RUNTIME_REQUIRED.getValue(format)) if (key in RUNTIME_PATHS) runtime.path(key) else runtime.require(key)
             val files = obj("files").run {
                 val entries = obj.keys().asSequence().associateWith { name ->
                     obj(name).run {
