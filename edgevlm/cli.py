@@ -32,9 +32,23 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return register
 
 
+def _add_out(p, help: str) -> None:
+    """--out DIR and its --force: an existing --out is replaced only when it is an edgevlm output of the
+    command's kind (edgevlm.io.check_out), so a mistyped path never wipes a user's directory."""
+    p.add_argument("--out", required=True, type=Path, help=help)
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even when it is not an edgevlm output of this kind (it is deleted)")
+
+
+def _check_out(a, kind: str) -> None:
+    from edgevlm.io import check_out
+
+    check_out(a.out, kind, a.force)
+
+
 def _add_create(p):
     p.add_argument("--preset", required=True, help="preset name (see `edgevlm info`)")
-    p.add_argument("--out", required=True, type=Path, help="model dir to write")
+    _add_out(p, "model dir to write")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -42,6 +56,7 @@ def _add_create(p):
 def _run_create(a):
     from edgevlm.models.factory import create
 
+    _check_out(a, "model")
     model = create(a.preset, seed=a.seed)
     model.save_pretrained(a.out)
     n = sum(p.numel() for p in model.parameters())
@@ -53,7 +68,7 @@ def _add_convert(p):
     p.add_argument("src", type=Path, help="the upstream checkpoint dir (config.json, weights, tokenizer files)")
     p.add_argument("--from", dest="family", required=True,
                    help="the checkpoint's family: mobilevlm, tinyllava, bunny or moe-llava")
-    p.add_argument("--out", required=True, type=Path, help="model dir to write")
+    _add_out(p, "model dir to write")
     p.add_argument("--vision-tower", type=Path, default=None,
                    help="local dir of the vision tower, when the checkpoint names it by hub id and lacks its weights")
 
@@ -63,6 +78,7 @@ def _add_convert(p):
 def _run_convert(a):
     from edgevlm.convert import convert
 
+    _check_out(a, "model")
     model = convert(a.src, a.out, a.family, a.vision_tower)
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {a.family} checkpoint {a.src} ({n / 1e6:.2f} M parameters, {model.num_image_tokens} image "
@@ -73,7 +89,7 @@ def _run_convert(a):
 def _add_data(p):
     sub = p.add_subparsers(dest="dataset", required=True)
     s = sub.add_parser("shapes", help="generate the embedded `shapes` VQA data set (docs/data-spec.md)")
-    s.add_argument("--out", required=True, type=Path)
+    _add_out(s, "data dir to write")
     s.add_argument("--images", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", choices=["train", "eval"], default="train")
@@ -84,6 +100,7 @@ def _run_data(a):
     from edgevlm.data.llava import read_llava
     from edgevlm.data.shapes import write_shapes
 
+    _check_out(a, "data")
     write_shapes(a.out, a.images, a.seed, a.split, progress=True)
     print(f"wrote {a.images} images, {len(read_llava(a.out))} questions ({a.split}) to {a.out}")
 
@@ -97,7 +114,7 @@ def _add_train(p):
 
     p.add_argument("--model", required=True, type=Path, help="model dir to start from")
     p.add_argument("--data", required=True, type=Path, help="LLaVA-format data dir (data.json + images)")
-    p.add_argument("--out", required=True, type=Path, help="model dir to write")
+    _add_out(p, "model dir to write")
     types = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         _add_config_flag(p, f, types[f.name])
@@ -135,6 +152,7 @@ def _train_config(a):
 def _run_train(a):
     from edgevlm.train.trainer import train
 
+    _check_out(a, "model")
     r = train(a.model, a.data, a.out, _train_config(a), resume=a.resume)
     first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])
     print(f"trained {r.steps} steps in {r.seconds:.1f} s: loss {first:.4f} -> {last:.4f}; model dir {r.out}")
@@ -204,7 +222,7 @@ def _add_export(p):
     p.add_argument("--model", required=True, type=Path, help="model dir to export")
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--quant", required=True, help="quantization scheme of the format (see `edgevlm info`)")
-    p.add_argument("--out", required=True, type=Path, help="bundle dir to write")
+    _add_out(p, "bundle dir to write")
     p.add_argument("--verify-data", type=Path, default=None,
                    help="LLaVA-format data to verify the bundle on (default: a generated `shapes` eval slice)")
     p.add_argument("--verify-limit", type=int, default=100, help="questions to verify on (0: skip)")
@@ -219,6 +237,7 @@ def _run_export(a):
     from edgevlm.export import ExportConfig, export
     from edgevlm.load import load_model
 
+    _check_out(a, "bundle")
     cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify)
     r = export(load_model(a.model), cfg, a.out)
     print(f"wrote {a.format} {a.quant} bundle {r.path} ({r.bytes / 1e6:.2f} MB)")
@@ -305,7 +324,7 @@ def _run_quickstart(a):
 
 
 def _add_goldens(p):
-    p.add_argument("--out", required=True, type=Path, help="directory to (re)write, e.g. tests/goldens")
+    _add_out(p, "directory to (re)write, e.g. tests/goldens")
 
 
 @command("goldens", "write the golden vectors and bundles every bundle client tests against (tests/goldens)",
@@ -313,6 +332,7 @@ def _add_goldens(p):
 def _run_goldens(a):
     from edgevlm.goldens import write_goldens
 
+    _check_out(a, "goldens")
     out = write_goldens(a.out)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote the goldens to {out} ({total / 1e6:.2f} MB)")

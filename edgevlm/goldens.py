@@ -256,7 +256,7 @@ def write_goldens(out: str | Path, progress: bool = True) -> Path:
     """Write tests/goldens (README.md, tokenizer.json, images/, bundles/, vectors.json) to `out`, atomically."""
     out = Path(out)
     say = print if progress else (lambda *a, **k: None)
-    with atomic_dir(out) as tmp, torch.random.fork_rng():
+    with atomic_dir(out, "goldens") as tmp, torch.random.fork_rng():
         (tmp / "images").mkdir()
         images = {}
         for i, g in enumerate(IMAGES):

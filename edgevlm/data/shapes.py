@@ -181,7 +181,7 @@ def write_shapes(out: str | Path, n_images: int, seed: int = 0, split: str = "tr
 
     out = Path(out)
     records, scenes = [], {}
-    with atomic_dir(out) as tmp, ThreadPoolExecutor(2) as pool:  # PNG encoding releases the GIL: overlap it
+    with atomic_dir(out, "data") as tmp, ThreadPoolExecutor(2) as pool:  # PNG encoding releases the GIL: overlap it
         (tmp / "images").mkdir()
         items = generate(n_images, seed, split)
         saved = []

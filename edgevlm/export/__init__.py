@@ -78,7 +78,7 @@ def export(model, cfg: ExportConfig, out: str | Path, progress: bool = True) -> 
     """Export the EdgeVLM `model` to a bundle at `out`, verified against `model` before it appears there."""
     s = scheme(cfg.format, cfg.quant)
     writer = exporter(cfg.format)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "bundle") as tmp:
         fields = writer.write(model, s, tmp)
         model.tokenizer.save(tmp / TOKENIZER)
         manifest = build_manifest(model, cfg.format, s, tmp, fields)

@@ -125,7 +125,7 @@ class EdgeVLM(nn.Module):
         A model whose LLM carries a LoRA adapter is saved by `edgevlm.train.lora.save_pretrained`, which knows
         the adapter's names; models/ stays the bare model and never imports train/.
         """
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "model") as tmp:
             write_model_dir(tmp, self, unique_state(self))
         return Path(out)
 

@@ -52,7 +52,7 @@ def save_pretrained(model: EdgeVLM, out: str | Path) -> Path:
     """A model dir for `model`, whose LLM may carry LoRA: base weights under their plain names, plus `adapter/`."""
     if not is_lora(model.llm):
         return model.save_pretrained(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model") as tmp:
         write_model_dir(tmp, model, base_state(unique_state(model)))
         model.llm.save_pretrained(str(tmp / ADAPTER_DIR))
     return Path(out)

@@ -297,7 +297,7 @@ class Trainer:
 
     def _checkpoint(self, step: int, opt, sched, losses: list[float]) -> None:
         root = checkpoint_root(self.out)
-        with atomic_dir(root / f"step-{step:07d}") as tmp:
+        with atomic_dir(root / f"step-{step:07d}", "checkpoint") as tmp:
             save_weights(self._trainable_state(), tmp / "weights.safetensors")
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
