@@ -172,8 +172,9 @@ def _add_eval(p):
 @command("eval", "exact-match accuracy, overall and per question kind", _add_eval)
 def _run_eval(a):
     from edgevlm.evaluation import evaluate
-    from edgevlm.io import write_json
+    from edgevlm.io import check_file_out, write_json
 
+    check_file_out(a.json)
     result = evaluate(_answerer(a), a.data, limit=a.limit)
     print(result.table())
     if a.json:
@@ -295,8 +296,10 @@ def _add_bench(p):
 def _run_bench(a):
     from edgevlm.bench.report import markdown, plot
     from edgevlm.bench.runner import BenchConfig, bench
-    from edgevlm.io import atomic_file, write_json
+    from edgevlm.io import atomic_file, check_file_out, write_json
 
+    for out in (a.json, a.md, a.plot):
+        check_file_out(out)
     cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit)
     report = bench(a.bundles, cfg)
     table = markdown(report)

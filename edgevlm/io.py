@@ -138,6 +138,16 @@ def atomic_dir(final: str | Path, kind: str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_file_out(final: str | Path | None) -> None:
+    """Raise unless a file output (a report, a table, a plot) can go to `final`: not a directory, writable."""
+    if final is None:
+        return
+    final = Path(final)
+    _check_writable(final)
+    if final.is_dir():
+        raise EdgeVLMError("is a directory; expected a file path to write", final)
+
+
 @contextlib.contextmanager
 def atomic_file(final: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary sibling of `final` for writing; rename it into place on success.
@@ -146,9 +156,8 @@ def atomic_file(final: str | Path, mode: str = "w") -> Iterator[Any]:
     choice; a directory at `final` is refused.
     """
     final = Path(final)
+    check_file_out(final)
     _writable_parent(final)
-    if final.is_dir():
-        raise EdgeVLMError("is a directory; expected a file path to write", final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent)
     try:
         with os.fdopen(fd, mode) as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -25,8 +26,8 @@ def test_resume_equals_uninterrupted(tiny_model_dir, shapes_train, tmp_path, mon
     cfg = TrainConfig(stage=stage, max_steps=6, batch_size=4, lr=1e-3, save_every=3, **extra)
     whole = train(tiny_model_dir, shapes_train, tmp_path / "whole", cfg, progress=False)
 
-    (tmp_path / "resumed").mkdir()
-    (tmp_path / "resumed" / "previous.txt").write_text("earlier output")
+    previous = shutil.copytree(tiny_model_dir, tmp_path / "resumed")  # an earlier model dir at --out
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
     real_checkpoint = Trainer._checkpoint
 
     def checkpoint_then_die(self, *a, **kw):
@@ -36,7 +37,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, shapes_train, tmp_path, mon
     monkeypatch.setattr(Trainer, "_checkpoint", checkpoint_then_die)
     with pytest.raises(Interrupted):
         train(tiny_model_dir, shapes_train, tmp_path / "resumed", cfg, progress=False)
-    assert (tmp_path / "resumed" / "previous.txt").read_text() == "earlier output"  # previous output intact
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before  # previous output intact
     assert (checkpoint_root(tmp_path / "resumed") / "step-0000003").is_dir()
     monkeypatch.setattr(Trainer, "_checkpoint", real_checkpoint)
 

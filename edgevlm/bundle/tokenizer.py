@@ -9,7 +9,7 @@ Real-size presets keep their published vocabulary size with a small tokenizer pa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
@@ -34,6 +34,7 @@ class TextTokenizer:
     eos_id: int
     pad_id: int
     add_bos: bool = True  # prompts start with BOS (Llama) or not (Phi-2, StableLM 2)
+    _specials: tuple | None = field(default=None, repr=False, compare=False)  # (vocab size, special ids)
 
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":
@@ -88,13 +89,32 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([i for i in ids if i not in (self.bos_id, self.eos_id, self.pad_id)])
 
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special tokens (BOS, EOS, PAD, placeholders...), cached until the vocabulary grows."""
+        if self._specials is None or self._specials[0] != len(self):
+            added = self.tok.get_added_tokens_decoder()
+            self._specials = (len(self), frozenset(i for i, t in added.items() if t.special))
+        return self._specials[1]
+
     def encode_prompt(self, prompt: str) -> list[int]:
-        """BOS (if the tokenizer adds one) + text pieces around `<image>`, IMAGE_TOKEN_INDEX where the image goes."""
+        """BOS (if the tokenizer adds one) + text pieces around `<image>`, IMAGE_TOKEN_INDEX where the image goes.
+
+        Raises on text that is not valid Unicode (a command line's undecodable bytes) and on text that spells
+        a special token (`</s>` would otherwise become EOS mid-prompt: the runtimes must all refuse alike).
+        """
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EdgeVLMError("the prompt is not valid UTF-8") from None
         ids = [self.bos_id] if self.add_bos else []
         for i, piece in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
             if i:
                 ids.append(IMAGE_TOKEN_INDEX)
             ids += self.encode(piece)
+        inside = sorted(self.special_ids().intersection(ids[1:] if self.add_bos else ids))
+        if inside:
+            names = " ".join(self.tok.id_to_token(i) for i in inside[:3])
+            raise EdgeVLMError(f"the prompt contains the tokenizer's special token text {names}")
         return ids
 
 

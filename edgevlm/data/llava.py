@@ -43,6 +43,10 @@ def _record_pairs(rec, i: int, data_dir: Path, path: Path) -> list[QARecord]:
         turns = [(c["from"], c["value"]) for c in convs]
     except (KeyError, TypeError):
         raise EdgeVLMError(f"record {i} lacks 'image' or 'conversations' with 'from'/'value'", path) from None
+    if not isinstance(image, str) or not image:
+        raise EdgeVLMError(f"record {i}: 'image' must be a relative path string", path)
+    if not all(isinstance(v, str) for _, v in turns):
+        raise EdgeVLMError(f"record {i}: turn values must be strings", path)
     pairs = []
     for (who_q, q), (who_a, a) in zip(turns[::2], turns[1::2]):
         if who_q != "human" or who_a != "gpt":

@@ -90,9 +90,13 @@ class EdgeVLM(nn.Module):
     ) -> list[int]:
         """Greedy (temperature 0) or nucleus-sampled continuation of one prompt, stopping at EOS."""
         x = self.splice(prompt, image_embeds[0])[None]  # (1, T, D_llm)
+        limit, pos = self.cfg.llm.max_position_embeddings, x.shape[1]
+        if pos >= limit:  # the same check and stop as every runtime (edgevlm.runtimes.base.ContractRuntime)
+            raise EdgeVLMError(f"prompt of {pos} positions does not fit the model's context of {limit}")
         out = self.llm(inputs_embeds=x, use_cache=use_cache)
         new: list[int] = []
-        for _ in range(max_new_tokens):
+        while len(new) < max_new_tokens and pos < limit:
+            pos += 1
             tok = _pick(out.logits[0, -1].float(), temperature, top_p, generator)
             if tok == self.tokenizer.eos_id:
                 break

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir
 from edgevlm.models.checkpoint import unique_state
 from edgevlm.models.vlm import ADAPTER as ADAPTER_DIR
@@ -65,4 +66,8 @@ def has_adapter(model_dir: Path) -> bool:
 def load_adapter(llm: nn.Module, model_dir: Path) -> nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(llm, str(model_dir / ADAPTER_DIR))
+    try:  # peft raises whatever its config / safetensors readers meet; each means a damaged adapter dir
+        return PeftModel.from_pretrained(llm, str(model_dir / ADAPTER_DIR))
+    except Exception as e:
+        raise EdgeVLMError(f"not a loadable LoRA adapter ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''})", model_dir / ADAPTER_DIR) from None

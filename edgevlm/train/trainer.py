@@ -8,7 +8,6 @@ function of (seed, epoch), so a resumed run ends with the same weights as an uni
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from edgevlm.config import Method, MoEConfig, Stage
 from edgevlm.data.llava import read_llava
 from edgevlm.errors import EdgeVLMError
-from edgevlm.io import atomic_dir, write_json
+from edgevlm.io import atomic_dir, read_json, write_json
 from edgevlm.load import load_model
 from edgevlm.models.checkpoint import read_weights, save_weights, load_weights, unique_state
 from edgevlm.models import moe
@@ -42,6 +41,7 @@ class TrainResult:
     steps: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    executed: int = 0  # steps this call ran (steps - the resumed checkpoint's step): what a resume test asserts
 
 
 VISION_HEAD = "vision_head.safetensors"  # the warm-up's throw-away head, kept for a following warm-up phase
@@ -253,7 +253,7 @@ class Trainer:
             opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         step, losses = (self._restore(opt, sched) if resume else (0, []))
         self.model.train()
-        start, samples = time.time(), 0
+        start, samples, executed = time.time(), 0, 0
         bar = tqdm(total=total, initial=step, desc=f"train {cfg.stage.value}", disable=not self.progress)
         while step < total:
             batch = self._batch_at(step)
@@ -265,6 +265,7 @@ class Trainer:
             opt.step()
             sched.step()
             step += 1
+            executed += 1
             samples += len(batch)
             losses.append(loss.item())
             bar.update(1)
@@ -273,9 +274,9 @@ class Trainer:
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 self._checkpoint(step, opt, sched, losses)
         bar.close()
-        return self._finish(step, time.time() - start, losses)
+        return self._finish(step, time.time() - start, losses, executed)
 
-    def _finish(self, step: int, seconds: float, losses: list[float]) -> TrainResult:
+    def _finish(self, step: int, seconds: float, losses: list[float], executed: int) -> TrainResult:
         self.model.eval()
         if not self.cfg.keep_adapter:
             self.model.llm = lora.merge(self.model.llm)
@@ -283,10 +284,10 @@ class Trainer:
         lora.save_pretrained(self.model, self.out)
         if self.head is not None:
             save_weights({k: v.contiguous() for k, v in self.head.state_dict().items()}, self.out / VISION_HEAD)
-        write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step,
+        write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step, "executed": executed,
                                                  "seconds": round(seconds, 2), "losses": losses})
         shutil.rmtree(checkpoint_root(self.out), ignore_errors=True)
-        return TrainResult(self.out, step, seconds, losses)
+        return TrainResult(self.out, step, seconds, losses, executed)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -310,7 +311,10 @@ class Trainer:
         if not ckpts:
             raise EdgeVLMError("--resume: no checkpoint to resume from", checkpoint_root(self.out))
         ck = ckpts[-1]
-        meta = json.loads((ck / "trainer.json").read_text())
+        meta = read_json(ck / "trainer.json")
+        if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("losses"), list)
+                and isinstance(meta.get("config"), dict)):
+            raise EdgeVLMError("--resume: not a trainer checkpoint record (step, losses, config)", ck / "trainer.json")
         if _saved_config(meta["config"]) != self.cfg.to_dict():
             raise EdgeVLMError("--resume: the checkpoint was made with a different training config", ck)
         tensors = read_weights(ck / "weights.safetensors")
@@ -318,10 +322,14 @@ class Trainer:
         load_weights(self.model, tensors, ck / "weights.safetensors")
         if self.head is not None:
             self.head.load_state_dict(head)
-        state = torch.load(ck / "optimizer.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        try:  # a truncated or foreign file raises whatever its unpickler meets: all mean the same here
+            state = torch.load(ck / "optimizer.pt", weights_only=True)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+        except Exception as e:
+            raise EdgeVLMError(f"--resume: unreadable or mismatched optimizer state ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:120] if str(e) else ''})", ck / "optimizer.pt") from None
         return meta["step"], meta["losses"]
 
 
