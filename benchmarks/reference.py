@@ -62,7 +62,7 @@ def assemble(ours: Path, text_model: Path, quant: str, out: Path) -> None:
 
     manifest = read_json(ours / MANIFEST)
     name = manifest["runtime"]["text_model"]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "bundle") as tmp:
         for f in manifest["files"]:
             if f != name:
                 shutil.copy2(ours / f, tmp / f)

@@ -91,5 +91,13 @@ def test_data_shapes_and_generate(tmp_path, tiny_model_dir, capsys):
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--images", "3", "--seed", "1", "--split",
                  "eval"]) == 0
     assert "wrote 3 images" in capsys.readouterr().out
-    assert main(["generate", "--model", str(tiny_model_dir), "--image", str(tmp_path / "d/images/000000.png"),
+    image = tmp_path / "d/images/000000.png"
+    assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image),
                  "--prompt", "What is in the top left?", "--max-new-tokens", "4"]) == 0
+    from edgevlm.bundle.image import load_image
+    from edgevlm.load import load_model
+
+    expected = load_model(tiny_model_dir).answer(load_image(image), "What is in the top left?", max_new_tokens=4)
+    assert capsys.readouterr().out == expected + "\n"  # the model's own greedy answer, printed as is
+    data = json.loads((tmp_path / "d" / "data.json").read_text())
+    assert len({r["id"] for r in data}) == 3 and all((tmp_path / "d" / r["image"]).is_file() for r in data)
