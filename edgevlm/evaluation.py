@@ -69,19 +69,19 @@ def evaluate(answerer: Answerer, data_dir: str | Path, limit: int | None = None,
     for r in records:
         by_image[r.image].append(r)
     result, start = EvalResult(), time.time()
-    bar = tqdm(total=len(records), desc="eval", disable=not progress)
-    for path, recs in by_image.items():
-        preds = answerer.answer_many(load_image(path), [r.question for r in recs])
-        for r, p in zip(recs, preds):
-            ok = normalize(p) == normalize(r.answer)
-            result.n += 1
-            result.correct += ok
-            result.per_kind[r.kind or "all"][0] += 1
-            result.per_kind[r.kind or "all"][1] += ok
-            result.predictions.append({"id": r.id, "kind": r.kind, "question": r.question, "answer": r.answer,
-                                       "prediction": p, "correct": ok})
-        bar.update(len(recs))
-        bar.set_postfix(acc=f"{result.accuracy:.3f}")
-    bar.close()
+    # a `with` closes the bar on an error too, so that the error line starts a line of its own
+    with tqdm(total=len(records), desc="eval", disable=not progress) as bar:
+        for path, recs in by_image.items():
+            preds = answerer.answer_many(load_image(path), [r.question for r in recs])
+            for r, p in zip(recs, preds):
+                ok = normalize(p) == normalize(r.answer)
+                result.n += 1
+                result.correct += ok
+                result.per_kind[r.kind or "all"][0] += 1
+                result.per_kind[r.kind or "all"][1] += ok
+                result.predictions.append({"id": r.id, "kind": r.kind, "question": r.question, "answer": r.answer,
+                                           "prediction": p, "correct": ok})
+            bar.update(len(recs))
+            bar.set_postfix(acc=f"{result.accuracy:.3f}")
     result.seconds = time.time() - start
     return result

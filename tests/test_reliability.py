@@ -20,12 +20,12 @@ from cli_errors import fails
 from edgevlm.bundle.image import load_image
 from edgevlm.bundle.manifest import MANIFEST, sha256_file
 from edgevlm.cli import main
-from edgevlm.errors import EdgeVLMError
 
 GOLDENS = Path(__file__).parent / "goldens"
 FORMATS = {"onnx": "onnx-int4", "executorch": "executorch-int4", "gguf": "gguf-q4_0"}
 WEIGHTS = {"onnx": "weights.bin", "executorch": "model.pte", "gguf": "model-q4_0.gguf"}
-SWAP = {"onnx": ("vision.onnx", "text_decoder.onnx"), "executorch": ("model.pte", "tokenizer.json"),
+# two files of the bundle swapped; ExecuTorch's single program swapped with a foreign (ONNX) program instead
+SWAP = {"onnx": ("vision.onnx", "decoder.onnx"), "executorch": ("model.pte", "../onnx-int4/vision.onnx"),
         "gguf": ("model-q4_0.gguf", "mmproj-q4_0.gguf")}
 QUESTION = "What is in the top left?"
 
@@ -64,7 +64,7 @@ def run(bundle: Path, image: Path, prompt: str = QUESTION) -> list[str]:
 def test_damaged_weights_per_format(fmt, damage, needle, tmp_path, capsys):
     bundle = golden(fmt, tmp_path)
     damage(bundle / WEIGHTS[fmt])
-    fails(run(bundle, image_file(tmp_path)), capsys, f"{bundle / WEIGHTS[fmt]}: {needle}")
+    assert needle in fails(run(bundle, image_file(tmp_path)), capsys, f"{bundle / WEIGHTS[fmt]}: ")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -72,6 +72,8 @@ def test_swapped_files_with_matching_manifest_fail_in_the_engine(fmt, tmp_path, 
     """Two of the bundle's files swapped and the manifest re-hashed to match: the engine refuses them, as one
     line naming the bundle, never a crash or a wrong answer."""
     bundle = golden(fmt, tmp_path)
+    if fmt == "executorch":
+        golden("onnx", tmp_path)  # where the foreign program comes from
     a, b = (bundle / n for n in SWAP[fmt])
     a.rename(tmp_path / "a")
     b.rename(a)
@@ -128,7 +130,7 @@ BAD_IMAGES = {
     "truncated-png": (lambda: _encoded(RGB, "PNG")[:100], "cannot read image"),
     "truncated-jpeg": (lambda: _encoded(RGB, "JPEG")[:300], "cannot read image"),
     "zero-byte": (lambda: b"", "cannot read image"),
-    "decompression-bomb": (lambda: _encoded(Image.new("1", (12000, 12000)), "PNG"), "decompression bomb"),
+    "decompression-bomb": (lambda: _encoded(Image.new("1", (12000, 12000)), "PNG"), "refused as a decompression bomb"),
 }
 
 
@@ -218,7 +220,7 @@ def test_bad_image_through_eval_and_train(images, name, tiny_model_dir, tmp_path
 # ---- prompts, on every runtime and the PyTorch model ---------------------------------------------------------------
 PROMPTS = {
     "two-image-markers": ("<image> left <image> right?", "exactly one image placeholder <image>, got 2"),
-    "over-the-context": ("word " * 300, "does not fit the"),
+    "over-the-context": ("word " * 300, "not fit the"),
     "invalid-utf8": (b"caf\xe9?".decode("utf-8", "surrogateescape"), "the prompt is not valid UTF-8"),
     "special-token-text": ("What is </s> in the top left?", "special token text </s>"),
 }
@@ -268,7 +270,7 @@ def test_context_fills_up_to_the_limit_then_stops(tiny_model):
     ('[{"image": "a.png", "conversations": [{"from": "human", "value": 1}, {"from": "gpt", "value": "a"}]}]',
      "record 0: turn values must be strings"),
     ('[{"image": "a.png", "conversations": [{"from": "gpt", "value": "q"}, {"from": "human", "value": "a"}]}]',
-     "alternate human/gpt"),
+     "record 0: turns must alternate human/gpt"),
     ("[]", "no question/answer pairs"),
     ("[" * 100000, "not valid JSON"),
 ], ids=["not-a-list", "image-not-a-string", "value-not-a-string", "wrong-turn-order", "empty", "nested-deeply"])

@@ -50,30 +50,23 @@ class ImagePreprocess:
         return self.normalize(self.resized(image))
 
 
-# Pixels a loaded image may have: Pillow's own bomb limit (89.5 M pixels; it warns above and raises above twice
-# that), made an error at the limit itself. A 10000 x 10000 photo is 100 M pixels: nothing a 384-pixel tower needs.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS
-
-
 def load_image(path: str | Path) -> Image.Image:
     """Open an image fully (so a truncated file fails here, naming the file) as RGB, upright.
 
     Upright: an EXIF orientation tag is applied (Pillow's `ImageOps.exif_transpose`), as phone cameras store
     rotated JPEGs; training, evaluation and every Python runtime load images here, so all see the same pixels.
     Alpha is dropped (as Hugging Face's CLIP processor's `convert_rgb`), an animation gives its first frame,
-    16-bit and CMYK images are converted by Pillow. A decompression bomb is refused before it is decoded.
+    16-bit grey is scaled to 8 bits, CMYK is converted by Pillow. A decompression bomb (more pixels than Pillow's
+    `MAX_IMAGE_PIXELS`, 89.5 M: Pillow only warns below twice that) is refused before it is decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise EdgeVLMError("image not found", path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open
             warnings.simplefilter("ignore", UserWarning)  # palette transparency: converted below as documented
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise EdgeVLMError(f"image of {im.width}x{im.height} pixels exceeds the limit of "
-                                       f"{MAX_PIXELS} (a decompression bomb?)", path)
                 im = ImageOps.exif_transpose(im)
                 if im.mode.startswith("I;16"):  # 16-bit grey: Pillow's RGB conversion clips, scale to 8 bits
                     im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))

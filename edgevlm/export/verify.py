@@ -45,21 +45,21 @@ def verify(runtime: Runtime, model, data_dir: str | Path | None, limit: int = 10
     for r in first_images(read_llava(data_dir), limit):
         by_image[r.image].append(r)
     n = same = tok_same = tok_total = ok = ref_ok = 0
-    bar = tqdm(total=sum(map(len, by_image.values())), desc="verify", disable=not progress)
-    for path, recs in by_image.items():
-        image, questions = load_image(path), [r.question for r in recs]
-        ours = runtime.generate_many(image, questions, max_new_tokens)
-        ref = reference_ids(model, image, questions, max_new_tokens)
-        for r, a, b in zip(recs, ours, ref):
-            n += 1
-            same += a == b
-            tok_same += sum(x == y for x, y in zip(a, b))
-            tok_total += max(len(a), len(b))
-            ok += normalize(runtime.decode(a)) == normalize(r.answer)
-            ref_ok += normalize(model.tokenizer.decode(b)) == normalize(r.answer)
-        bar.update(len(recs))
-        bar.set_postfix(same=f"{same}/{n}")
-    bar.close()
+    # a `with` closes the bar on an error too, so that the error line starts a line of its own
+    with tqdm(total=sum(map(len, by_image.values())), desc="verify", disable=not progress) as bar:
+        for path, recs in by_image.items():
+            image, questions = load_image(path), [r.question for r in recs]
+            ours = runtime.generate_many(image, questions, max_new_tokens)
+            ref = reference_ids(model, image, questions, max_new_tokens)
+            for r, a, b in zip(recs, ours, ref):
+                n += 1
+                same += a == b
+                tok_same += sum(x == y for x, y in zip(a, b))
+                tok_total += max(len(a), len(b))
+                ok += normalize(runtime.decode(a)) == normalize(r.answer)
+                ref_ok += normalize(model.tokenizer.decode(b)) == normalize(r.answer)
+            bar.update(len(recs))
+            bar.set_postfix(same=f"{same}/{n}")
     return {
         "data": str(data_dir),
         "n": n,

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from edgevlm.bundle.image import ImagePreprocess, load_image
+from edgevlm.errors import EdgeVLMError
 
 _last: tuple | None = None  # (key, table) of image_table's last call
 
@@ -19,6 +20,9 @@ def image_table(paths: list[Path], prep: ImagePreprocess, progress: bool = True)
     mtime) and preprocessing are asked for again: quickstart's stages train on the same 4500 images one after
     another, and decoding them again costs ~13 s of its 15-minute budget."""
     global _last
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise EdgeVLMError("image not found", missing)
     key = (tuple((str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in paths), prep)
     if _last is None or _last[0] != key:
         _last = None  # free the old table before decoding the new one
