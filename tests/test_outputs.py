@@ -43,7 +43,7 @@ COMMANDS = ["data", "create", "train", "export", "convert", "goldens"]
 
 
 def _user_dir(path: Path) -> Path:
-    path.mkdir()
+    path.mkdir(parents=True)
     (path / "thesis.txt").write_text("four years of work")
     return path
 
@@ -118,7 +118,7 @@ def test_quickstart_refuses_a_users_directory_in_its_way(tmp_path, capsys):
     (["run", "--bundle", "{missing}", "--image", str(GOLDEN_IMAGE), "--prompt", "q"], "bundle directory not found"),
     (["run", "--bundle", str(GOLDEN_BUNDLE), "--image", "{missing}", "--prompt", "q"], "image not found"),
     (["bench", "{missing}", "--runs", "1"], "bundle directory not found"),
-    (["convert", "{missing}", "--from", "mobilevlm", "--out", "{tmp}/m"], "not found"),
+    (["convert", "{missing}", "--from", "mobilevlm", "--out", "{tmp}/m"], "checkpoint directory not found"),
     (["eval", "--bundle", str(GOLDEN_BUNDLE), "--data", "{missing}"], "data directory not found"),
     (["info", "--model", "{missing}"], "model directory not found"),
 ], ids=["generate", "export", "run-bundle", "run-image", "bench", "convert", "eval", "info"])
