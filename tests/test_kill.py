@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spawn(argv: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # as conftest's one torch thread
     return subprocess.Popen([sys.executable, "-m", "edgevlm.cli", *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
@@ -58,13 +58,15 @@ def temporaries(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*"))
 
 
-@pytest.mark.parametrize("phase", ["writing", "verifying"])
-def test_export_killed(phase, tiny_model, tiny_model_dir, parity_eval, tmp_path):
+# the phase → the format killed in it: ONNX writes for seconds (tracing), GGUF writes in 0.1 s but verifies for
+# seconds; the previous bundle and the next export are GGUF (fast), any bundle being replaceable by any other
+@pytest.mark.parametrize("phase,fmt,quant", [("writing", "onnx", "fp32"), ("verifying", "gguf", "f16")])
+def test_export_killed(phase, fmt, quant, tiny_model, tiny_model_dir, parity_eval, tmp_path):
     out = tmp_path / "bundle"
-    export(tiny_model, ExportConfig("onnx", "fp32", verify_limit=0), out, progress=False)
+    export(tiny_model, ExportConfig("gguf", "f16", verify_limit=0), out, progress=False)
     before = snapshot(out)
 
-    proc = spawn(["export", "--model", str(tiny_model_dir), "--format", "onnx", "--quant", "fp32", "--out", str(out),
+    proc = spawn(["export", "--model", str(tiny_model_dir), "--format", fmt, "--quant", quant, "--out", str(out),
                   "--verify-data", str(parity_eval), "--verify-limit", "100"])
 
     def moment():
@@ -82,7 +84,7 @@ def test_export_killed(phase, tiny_model, tiny_model_dir, parity_eval, tmp_path)
     assert temporaries(out) == [tmp] and tmp.name.startswith(f".{out.name}.tmp-{proc.pid}-")
     open_bundle(out)  # and it still opens
 
-    export(tiny_model, ExportConfig("onnx", "fp32", verify_limit=0), out, progress=False)
+    export(tiny_model, ExportConfig("gguf", "f16", verify_limit=0), out, progress=False)
     assert temporaries(out) == []  # the next export removed the dead writer's temporary dir
 
 
@@ -100,13 +102,14 @@ def test_output_left_aside_by_a_kill_between_renames_comes_back(tmp_path):
 
 def test_train_killed_between_checkpoints_resumes(tiny_model_dir, shapes_train, tmp_path):
     total = 16
-    cfg = TrainConfig(max_steps=total, save_every=3, batch_size=4, lr=1e-3)
+    cfg = TrainConfig(epochs=10, max_steps=total, save_every=3, batch_size=4, lr=1e-3)
     whole = train(tiny_model_dir, shapes_train, tmp_path / "whole", cfg, progress=False)
     assert whole.executed == total
 
     out = tmp_path / "killed"
     proc = spawn(["train", "--model", str(tiny_model_dir), "--data", str(shapes_train), "--out", str(out),
-                  "--max-steps", str(total), "--save-every", "3", "--batch-size", "4", "--lr", "1e-3"])
+                  "--epochs", "10", "--max-steps", str(total), "--save-every", "3", "--batch-size", "4",
+                  "--lr", "1e-3"])
     kill_when(proc, lambda: sorted(checkpoint_root(out).glob("step-*")) if checkpoint_root(out).is_dir() else None)
     assert not out.exists()
     last = int(sorted(checkpoint_root(out).glob("step-*"))[-1].name.split("-")[1])
