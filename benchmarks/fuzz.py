@@ -108,10 +108,11 @@ def _tokenizer_seeds() -> list[bytes]:
 
 
 def _tokenizer_run(work: Path) -> None:
-    from edgevlm.bundle.tokenizer import TextTokenizer
+    from edgevlm.bundle.tokenizer import TextTokenizer, split_at_image
 
     tok = TextTokenizer.load(work / "tokenizer.json")
-    tok.decode(tok.encode_prompt(PROMPT))
+    before, after = split_at_image(tok.encode_prompt(PROMPT))
+    tok.decode(before + after)
 
 
 TARGETS: dict[str, Target] = {
