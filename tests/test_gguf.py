@@ -87,15 +87,24 @@ def test_f16_answers_identical_to_pytorch(f16_bundle):
     assert set(rt["tensor_types"]["model-f16.gguf"].values()) == {"F16", "F32"}
 
 
+# 4-bit scheme → (accuracy it may lose against PyTorch, least share of answers identical to PyTorch's) on 25
+# questions. Measured 2026-12-02: q4_0 lost 0.0 with 1.0 identical, q4_k lost 0.0 with 0.92 identical; the bound
+# allows two questions of 25 (0.08) to flip where the fixture model's answers are near-ties under 4-bit rounding.
+QUANT_BOUND = {"q4_0": (0.08, 0.85), "q4_k": (0.08, 0.85)}
+
+
 @pytest.mark.parametrize("quant", ["q8_0", "q4_0", "q4_k"])
 def test_quantized_accuracy_recorded(quant, trained, parity_eval, tmp_path):
-    limit = 200 if quant == "q8_0" else 24  # q8_0 is held to PyTorch's accuracy; the 4-bit ones are reported
+    limit = 200 if quant == "q8_0" else 24  # q8_0 is held to PyTorch's accuracy; 4-bit ones to QUANT_BOUND
     r = export(trained, ExportConfig("gguf", quant, verify_data=parity_eval, verify_limit=limit, threads=2),
                tmp_path / quant, progress=False)
     v, rt = r.manifest["verification"], r.manifest["runtime"]
     if quant == "q8_0":
         assert v["n"] >= 100 and abs(v["accuracy"] - v["reference_accuracy"]) <= 0.01, v
-    assert 0 <= v["accuracy"] <= 1 and v["n"] > 0
+    assert v["n"] >= 24
+    if quant in QUANT_BOUND:  # 4-bit: a real bound against PyTorch, not just a number in [0, 1]
+        most_lost, least_identical = QUANT_BOUND[quant]
+        assert v["reference_accuracy"] - v["accuracy"] <= most_lost and v["answers_identical"] >= least_identical, v
     written = {n: t.tensor_type.name for n, t in
                ((t.name, t) for t in gguf.GGUFReader(str(r.path / rt["text_model"])).tensors)}
     assert rt["tensor_types"][rt["text_model"]] == written
