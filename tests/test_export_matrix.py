@@ -44,9 +44,12 @@ MAX_ERROR = {
     ("executorch", "int4"): 0.3,
     ("coreml", "int4"): 0.3,  # 0.169 (tinyllava, bunny), 0.149 (moe-llava)
 }
-# the full-precision path: top-1 equal on every question (f16 weights move a random model's near-tied greedy
-# continuations after a few tokens, so the record's answers are reported, not held)
+# the full-precision path: top-1 equal on every question, and the record's whole greedy answers identical on at
+# least 3 of its 4 questions (measured 4/4 for mobilevlm and bunny, 2026-12-02; f16 weights may move one random
+# model's near-tied continuation after a few tokens). Quantized cells of these random-weight models are near-ties
+# throughout (bunny q4_0: 0/4 identical, top-1 0/3), so their answers are reported, not held.
 FULL_PRECISION = {("gguf", "f16")}
+MIN_IDENTICAL_FULL = 0.75
 # cells llama.cpp cannot express: (family, format) → the refusal's words
 REFUSED = {
     ("tinyllava-tiny", "gguf"): "drops the first token",
@@ -153,6 +156,7 @@ def test_family_through_exporter(family, fmt, quant, models, shapes_eval, tmp_pa
     assert max(errors) <= MAX_ERROR[fmt, quant], errors
     if (fmt, quant) in FULL_PRECISION:
         assert sum(top1) == len(top1), (top1, record)
+        assert record["answers_identical"] >= MIN_IDENTICAL_FULL, record
 
 
 def test_llama_moe_through_gguf(shapes_eval, tmp_path):
