@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 from edgevlm.cli import main
 from edgevlm.train.config import TrainConfig
+from edgevlm.train.distributed import worker_args
 from edgevlm.train.trainer import checkpoint_root, train
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = dict(max_steps=6, lr=3e-3, seed=0)
+STEPS = dict(epochs=2, max_steps=6, lr=3e-3, seed=0)
 FULL = dict(stage="finetune", train_vision=True, **STEPS)  # LLM, projector and tower train: every FSDP unit
 
 
@@ -37,7 +38,10 @@ def log(out: Path) -> dict:
     return json.loads((out / "train_log.json").read_text())
 
 
-def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+def assert_same_weights(a: Path, b: Path, atol: float = 5e-5) -> None:
+    """Every tensor equal to `atol`: float summation order differs between one and two processes, and AdamW turns
+    a relative gradient difference of 1e-7 on a near-zero gradient into up to 1e-5 (measured 1.3e-5 over 6
+    steps); an example trained by the wrong process or weighted wrongly moves weights by ~lr = 3e-3 per step."""
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
@@ -95,7 +99,7 @@ def test_killed_rank_resumes_to_the_same_weights(tiny_model_dir, shapes_train, f
     """SIGKILL one rank after the first (sharded) checkpoint; the restarted job runs only the remaining steps."""
     out = tmp_path / "m"
     cfg = TrainConfig(batch_size=5, nproc=2, parallel="fsdp", save_every=2, **FULL)
-    args = ["--model", str(tiny_model_dir), "--data", str(shapes_train), "--out", str(out), *cfg.to_args()]
+    args = ["--model", str(tiny_model_dir), "--data", str(shapes_train), "--out", str(out), *worker_args(cfg)]
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                             "-m", "edgevlm.train", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("wb"))

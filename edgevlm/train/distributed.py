@@ -14,6 +14,7 @@ batch size) stays the same. The model dir at the end is the one a single process
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -72,7 +73,7 @@ def is_main() -> bool:
 def launch(model_dir, data_dir, out, cfg: TrainConfig, resume: bool = False) -> None:
     """`edgevlm train --nproc N` on this machine: the same command in N processes under torchrun."""
     refuse(cfg)
-    args = ["--model", str(model_dir), "--data", str(data_dir), "--out", str(out), *cfg.to_args()]
+    args = ["--model", str(model_dir), "--data", str(data_dir), "--out", str(out), *worker_args(cfg)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc),
            "-m", "edgevlm.train", *args, *(["--resume"] if resume else [])]
     here = str(Path(__file__).resolve().parents[2])  # the processes import this edgevlm, not another install
@@ -80,6 +81,12 @@ def launch(model_dir, data_dir, out, cfg: TrainConfig, resume: bool = False) -> 
     rc = subprocess.run(cmd, env=env).returncode
     if rc:
         raise EdgeVLMError(f"torchrun exited with status {rc} (the processes' errors are above)", out)
+
+
+def worker_args(cfg: TrainConfig) -> list[str]:
+    """The flags of `cfg` for torchrun's processes: without --nproc (torchrun's count rules there, and torchrun
+    would take --nproc for an abbreviation of its own --nproc-per-node)."""
+    return dataclasses.replace(cfg, nproc=1).to_args()
 
 
 def train(model_dir, data_dir, out, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
