@@ -89,6 +89,22 @@ def test_lora_under_fsdp_saves_the_ddp_model(tiny_model_dir, shapes_train, tmp_p
     assert_same_weights(tmp_path / "fsdp", one)
 
 
+def test_vision_stage_under_fsdp_equals_one_process(tiny_model_dir, shapes_train, tmp_path):
+    """The warm-up's head sits at the FSDP root and is saved beside the model, as by one process."""
+    vision = dict(stage="vision", epochs=1, max_steps=2, lr=3e-3)
+    assert run_parallel(tiny_model_dir, shapes_train, tmp_path / "fsdp",
+                        TrainConfig(batch_size=5, nproc=2, parallel="fsdp", **vision)) == 0
+    one = train(tiny_model_dir, shapes_train, tmp_path / "one", TrainConfig(batch_size=10, **vision),
+                progress=False).out
+    assert log(tmp_path / "fsdp")["losses"] == pytest.approx(log(one)["losses"], rel=1e-5)
+    assert_same_weights(tmp_path / "fsdp", one)
+    ha, hb = load_file(one / "vision_head.safetensors"), load_file(tmp_path / "fsdp" / "vision_head.safetensors")
+    assert ha.keys() == hb.keys()
+    # score.bias shifts every token's pooling score alike, which the softmax cancels: its true gradient is 0,
+    # and AdamW's normalisation turns the float noise of either run into steps (measured: 6e-5 apart)
+    assert all(torch.allclose(ha[k], hb[k], atol=5e-5) for k in ha if k != "score.bias")
+
+
 def workers(pid: int) -> list[int]:
     """The training processes torchrun (`pid`) started."""
     kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
