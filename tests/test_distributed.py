@@ -7,8 +7,10 @@ Per process batch 5 on 2 processes = one process with batch 10: the 24 packed `s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,12 +133,23 @@ def test_killed_rank_resumes_to_the_same_weights(tiny_model_dir, shapes_train, f
     assert not (out / "model.safetensors").exists()  # the job did not get to the end
     saved = sorted(checkpoint_root(out).glob("step-*"))[-1]
     done = json.loads((saved / "trainer.json").read_text())["step"]
+    shutil.copytree(checkpoint_root(out), checkpoint_root(tmp_path / "one"))  # for a resume on one process
 
     assert run_parallel(tiny_model_dir, shapes_train, out, cfg, "--resume") == 0
     assert log(out)["resumed_from"] == done and 2 <= done < 6 and log(out)["steps"] == 6
     assert log(out)["losses"] == pytest.approx(log(fsdp_run)["losses"], rel=1e-6)
     assert_same_weights(out, fsdp_run, atol=1e-6)
     assert not checkpoint_root(out).exists()
+
+    # the same sharded checkpoint resumed by one process with the whole batch: DCP reshards it
+    one = dataclasses.replace(cfg, batch_size=10, nproc=1)
+    rc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                         "-m", "edgevlm.train", "--model", str(tiny_model_dir), "--data", str(shapes_train), "--out",
+                         str(tmp_path / "one"), *worker_args(one), "--resume"], cwd=ROOT,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    assert log(tmp_path / "one")["resumed_from"] == done and log(tmp_path / "one")["nproc"] == 1
+    assert_same_weights(tmp_path / "one", fsdp_run)
 
 
 def test_moe_refuses_several_processes(tiny_model_dir, shapes_train, tmp_path, capsys):
