@@ -156,7 +156,7 @@ class ParallelTrainer(Trainer):
 
     def __init__(self, model, out, cfg: TrainConfig, progress: bool = True):
         refuse(cfg)
-        super().__init__(model, out, cfg, progress)
+        super().__init__(model, out, dataclasses.replace(cfg, nproc=dist.get_world_size()), progress)  # as logged
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
