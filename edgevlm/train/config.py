@@ -77,7 +77,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if value == f.default:
                 continue
-            args += [flag(f)] if isinstance(value, bool) else [flag(f), str(value.value if isinstance(value, Enum) else value)]
+            text = value.value if isinstance(value, Enum) else value
+            args += [flag(f)] if isinstance(value, bool) else [flag(f), str(text)]
         return args
 
 
