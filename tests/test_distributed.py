@@ -152,6 +152,20 @@ def test_killed_rank_resumes_to_the_same_weights(tiny_model_dir, shapes_train, f
     assert_same_weights(tmp_path / "one", fsdp_run)
 
 
+def test_worker_flags_give_the_same_config():
+    """What `--nproc` hands torchrun's processes parses back to the config (less --nproc, torchrun's to set)."""
+    import argparse
+
+    from edgevlm.cli import _add_train, _train_config
+
+    parser = argparse.ArgumentParser()
+    _add_train(parser)
+    cfg = TrainConfig(stage="vision", vision_window=10, train_vision=True, lr=3e-3, aux_loss_coef=0.5, nproc=2,
+                      parallel="fsdp", precision="bf16")
+    parsed = _train_config(parser.parse_args(["--model", "m", "--data", "d", "--out", "o", *worker_args(cfg)]))
+    assert parsed == dataclasses.replace(cfg, nproc=1)
+
+
 def test_moe_refuses_several_processes(tiny_model_dir, shapes_train, tmp_path, capsys):
     rc = run_parallel(tiny_model_dir, shapes_train, tmp_path / "m", TrainConfig(method="moe", nproc=2, max_steps=1))
     err = capsys.readouterr().err.strip()
