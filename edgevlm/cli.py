@@ -126,7 +126,9 @@ def _add_config_flag(p, f, kind) -> None:
     from the dataclass; an enum gives the choices, a bool a switch that turns it on."""
     import enum
 
-    flag = f.metadata.get("name", "--" + f.name.replace("_", "-"))
+    from edgevlm.train.config import flag as config_flag
+
+    flag = config_flag(f)
     kw = {"dest": f.name, "help": f.metadata.get("help") or None}
     if kind is bool:
         if f.default:
@@ -150,10 +152,20 @@ def _train_config(a):
 
 @command("train", "train a model dir (one stage)", _add_train)
 def _run_train(a):
+    from edgevlm.train import distributed
     from edgevlm.train.trainer import train
 
     _check_out(a, "model")
-    r = train(a.model, a.data, a.out, _train_config(a), resume=a.resume)
+    cfg = _train_config(a)
+    if distributed.under_torchrun():  # one of the processes torchrun started (by --nproc, or by the user)
+        r = distributed.train(a.model, a.data, a.out, cfg, resume=a.resume)
+        if not distributed.is_main():
+            return
+    elif cfg.nproc > 1:
+        distributed.launch(a.model, a.data, a.out, cfg, resume=a.resume)
+        return
+    else:
+        r = train(a.model, a.data, a.out, cfg, resume=a.resume)
     first, last = r.losses[0], sum(r.losses[-10:]) / len(r.losses[-10:])
     print(f"trained {r.steps} steps in {r.seconds:.1f} s: loss {first:.4f} -> {last:.4f}; model dir {r.out}")
 

@@ -141,6 +141,7 @@ TRAIN_FLAGS = {
     "experts": (["--experts", "8"], 8), "top_k": (["--top-k", "1"], 1),
     "aux_loss_coef": (["--aux-loss", "0.5"], 0.5), "save_every": (["--save-every", "5"], 5),
     "precision": (["--precision", "bf16"], "bf16"), "seed": (["--seed", "3"], 3),
+    "nproc": (["--nproc", "2"], 2), "parallel": (["--parallel", "fsdp"], "fsdp"),
 }
 
 

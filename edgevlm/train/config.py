@@ -6,11 +6,13 @@ not the field's own), so the command is generated from this class and cannot dri
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 
 from edgevlm.config import Method, Stage, _check, _plain
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PARALLEL = ("ddp", "fsdp")
 
 
 def _arg(default, help: str = "", **flag):
@@ -46,6 +48,12 @@ class TrainConfig:
     precision: str = _arg("auto", "bf16 autocast: auto = on CUDA only; bf16 = also on CPU (fast with AVX512-BF16 / "
                                   "AMX)", choices=PRECISIONS)
     seed: int = _arg(0)
+    # several processes (docs/training.md): under torchrun every process runs the same command, with
+    # --batch-size per process, so a step sees nproc x batch_size examples
+    nproc: int = _arg(1, "> 1: launch this many processes on this machine through torchrun (or start the command "
+                         "under torchrun yourself); --batch-size is per process")
+    parallel: str = _arg("ddp", "with several processes: ddp replicates the model, fsdp shards it (FSDP2, per "
+                                "decoder layer and vision block)", choices=PARALLEL)
 
     def __post_init__(self):
         self.stage, self.method = Stage(self.stage), Method(self.method)
@@ -55,7 +63,25 @@ class TrainConfig:
         _check(not (self.method is Method.MOE and self.stage is not Stage.FINETUNE), "MoE-tuning applies to finetune")
         _check(1 <= self.top_k <= self.experts, "top_k must be in [1, experts]")
         _check(self.aux_loss_coef >= 0, "aux_loss_coef must be >= 0")
+        _check(self.nproc >= 1, "nproc must be >= 1")
+        _check(self.parallel in PARALLEL, f"parallel must be {', '.join(PARALLEL)}, not {self.parallel!r}")
         _check(self.precision in PRECISIONS, f"precision must be {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))
+
+    def to_args(self) -> list[str]:
+        """The `edgevlm train` flags that give this config (fields left at their default are left out)."""
+        args = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            text = value.value if isinstance(value, Enum) else value
+            args += [flag(f)] if isinstance(value, bool) else [flag(f), str(text)]
+        return args
+
+
+def flag(f) -> str:
+    """The `edgevlm train` flag of a TrainConfig field: `metadata["name"]`, else --field-name."""
+    return f.metadata.get("name", "--" + f.name.replace("_", "-"))

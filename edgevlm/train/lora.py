@@ -35,6 +35,11 @@ def is_lora(llm: nn.Module) -> bool:
     return isinstance(llm, PeftModel)
 
 
+def base(llm: nn.Module) -> nn.Module:
+    """The causal LM under a peft wrapper (its layers carry the LoRA weights), or `llm` itself."""
+    return llm.get_base_model() if is_lora(llm) else llm
+
+
 def merge(llm: nn.Module) -> nn.Module:
     return llm.merge_and_unload() if is_lora(llm) else llm
 

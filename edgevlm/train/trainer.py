@@ -88,6 +88,9 @@ class Trainer:
         self.model, self.out, self.cfg, self.progress = model, Path(out), cfg, progress
         self.device = pick_device()
         self.images = self.items = self.head = self.features = None  # set by setup()
+        self.resumed_from = 0  # the step run() started at
+        self.executed = 0  # the steps run() ran: a resume test asserts it (a silent restart would run them all)
+        self.opt: torch.optim.Optimizer | None = None  # run()'s
 
     def setup(self, data_dir: str | Path, head_from: Path | None = None) -> "Trainer":
         """Read `data_dir`, build what the stage trains on, make the right parameters trainable and cache the
@@ -186,12 +189,17 @@ class Trainer:
         embeddings (N, N_img, D_llm) when the projector is frozen too. In fp32 whatever the training precision:
         these are the features evaluation and every runtime feed the LLM (bf16 ones differ by ~0.4%; one A/B on
         the quickstart: 0.75 trained on fp32 features vs 0.70 on bf16 ones)."""
+        return self._features_of(range(len(self.images)))
+
+    @torch.no_grad()
+    def _features_of(self, images: range) -> torch.Tensor:
+        """The cached features of `images` (a range of the image table), 32 images at a time."""
         self.model.vision.eval()
         encode = self.model.vision if self._projector_trains else self.model.encode_image
         chunks = []
-        for start in tqdm(range(0, len(self.images), 32), desc="vision features", disable=not self.progress,
+        for start in tqdm(range(images.start, images.stop, 32), desc="vision features", disable=not self.progress,
                           leave=False):
-            idx = list(range(start, min(start + 32, len(self.images))))
+            idx = list(range(start, min(start + 32, images.stop)))
             chunks.append(encode(self.images.batch(idx, self.device)).float())
         return torch.cat(chunks)
 
@@ -230,16 +238,21 @@ class Trainer:
         return loss, moe.routing_stats(self.model)
 
     # ---- the loop -------------------------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step over all processes (one here; `ParallelTrainer` has several)."""
+        return self.cfg.batch_size
+
     def total_steps(self) -> int:
-        per_epoch = math.ceil(len(self.items) / self.cfg.batch_size)
+        per_epoch = math.ceil(len(self.items) / self.global_batch)
         steps = math.ceil(self.cfg.epochs * per_epoch)
         return min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps
 
     def _batch_at(self, step: int) -> list:
-        per_epoch = math.ceil(len(self.items) / self.cfg.batch_size)
+        per_epoch = math.ceil(len(self.items) / self.global_batch)
         epoch, i = divmod(step, per_epoch)
         order = torch.randperm(len(self.items), generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
-        idx = order[i * self.cfg.batch_size : (i + 1) * self.cfg.batch_size]
+        idx = order[i * self.global_batch : (i + 1) * self.global_batch]
         return [self.items[j] for j in idx.tolist()]
 
     def run(self, resume: bool = False) -> TrainResult:
@@ -247,36 +260,49 @@ class Trainer:
             raise RuntimeError("Trainer.run() needs setup() first")
         cfg, total = self.cfg, self.total_steps()
         torch.manual_seed(cfg.seed)
-        opt = torch.optim.AdamW(self.params(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = self.opt = torch.optim.AdamW(self.params(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, int(cfg.warmup_ratio * total))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         step, losses = (self._restore(opt, sched) if resume else (0, []))
+        self.resumed_from = step
         self.model.train()
-        start, samples, executed = time.time(), 0, 0
+        start, samples, self.executed = time.time(), 0, 0
         bar = tqdm(total=total, initial=step, desc=f"train {cfg.stage.value}", disable=not self.progress)
         while step < total:
             batch = self._batch_at(step)
             with self._autocast():
-                loss, stats = self._loss(batch)
+                loss, stats = self._step_loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params(), 1.0)
             opt.step()
             sched.step()
             step += 1
-            executed += 1
+            self.executed += 1
             samples += len(batch)
-            losses.append(loss.item())
+            losses.append(self._loss_value(loss))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / (time.time() - start):.1f}",
                             **{k: f"{v:.3f}" for k, v in stats.items()})
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 self._checkpoint(step, opt, sched, losses)
         bar.close()
-        return self._finish(step, time.time() - start, losses, executed)
+        return self._finish(step, time.time() - start, losses)
 
-    def _finish(self, step: int, seconds: float, losses: list[float], executed: int) -> TrainResult:
+    def _step_loss(self, batch: list) -> tuple[torch.Tensor, dict]:
+        """The loss to back-propagate for one step's batch (`ParallelTrainer`: this process's share of it)."""
+        return self._loss(batch)
+
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        """The step's loss as logged (`ParallelTrainer`: the mean over all processes)."""
+        return loss.item()
+
+    def _log_extra(self) -> dict:
+        """More for train_log.json (`ParallelTrainer`: processes, and the training state each one holds)."""
+        return {}
+
+    def _finish(self, step: int, seconds: float, losses: list[float]) -> TrainResult:
         self.model.eval()
         if not self.cfg.keep_adapter:
             self.model.llm = lora.merge(self.model.llm)
@@ -284,10 +310,11 @@ class Trainer:
         lora.save_pretrained(self.model, self.out)
         if self.head is not None:
             save_weights({k: v.contiguous() for k, v in self.head.state_dict().items()}, self.out / VISION_HEAD)
-        write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step, "executed": executed,
-                                                 "seconds": round(seconds, 2), "losses": losses})
+        write_json(self.out / "train_log.json", {"config": self.cfg.to_dict(), "steps": step,
+                                                 "resumed_from": self.resumed_from, "executed": self.executed,
+                                                 "seconds": round(seconds, 2), **self._log_extra(), "losses": losses})
         shutil.rmtree(checkpoint_root(self.out), ignore_errors=True)
-        return TrainResult(self.out, step, seconds, losses, executed)
+        return TrainResult(self.out, step, seconds, losses, self.executed)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
