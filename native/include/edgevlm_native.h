@@ -37,6 +37,11 @@ char *evr_generate(evr_runner *runner, const char *image_path, const char *quest
  * and the device. NULL on failure. */
 char *evr_bench(const char *request_json, char **err);
 
+/* Best-of-7 copy bandwidth in bytes/s (bytes read + written) over `threads` threads (<= 0: every core), a
+ * 256 MiB copy far beyond any last-level cache: the decode roofline's denominator, as edgevlm bench measures
+ * it on a host. */
+double evr_bandwidth(int threads);
+
 void evr_string_free(char *s);
 void evr_free(evr_runner *runner);
 

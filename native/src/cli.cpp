@@ -8,6 +8,7 @@
 //   edgevlm-run preprocess BUNDLE IMAGE              hashes of the decoded, resized, normalised image
 //   edgevlm-run prompt BUNDLE QUESTION               prompt ids (-200 where the image goes)
 //   edgevlm-run tokenize BUNDLE TEXT                 ids of plain text
+//   edgevlm-run bandwidth [THREADS]                  copy bandwidth, bytes/s (the roofline's denominator)
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -94,6 +95,9 @@ const std::map<std::string, std::function<std::string(const Args&)>> kCommands =
        return json({{"bundle", b.dir}, {"format", b.format}, {"files", b.manifest["files"].size()}}).dump();
      }},
     {"preprocess", preprocess},
+    {"bandwidth", [](const Args& a) {
+       return json({{"bandwidth_bytes_s", evr_bandwidth(a.empty() ? 0 : std::stoi(a[0]))}}).dump();
+     }},
     {"prompt", [](const Args& a) {
        need(a, 2, "prompt BUNDLE QUESTION");
        evr::Session s(a[0], 1);
@@ -113,7 +117,7 @@ int main(int argc, char** argv) {
   try {
     std::string out;
     if (args.empty()) throw evr::Error("usage: edgevlm-run REQUEST.json | --bundle B --image I ... | "
-                                       "generate | check | preprocess | prompt | tokenize (see native/README.md)");
+                                       "generate | check | preprocess | prompt | tokenize | bandwidth (see native/README.md)");
     auto cmd = kCommands.find(args[0]);
     if (cmd != kCommands.end()) {
       out = cmd->second(Args(args.begin() + 1, args.end()));

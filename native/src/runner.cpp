@@ -178,6 +178,29 @@ char* evr_bench(const char* request_json, char** err) {
   return evr::guarded(err, [&] { return evr::bench_json(request_json ? request_json : ""); });
 }
 
+double evr_bandwidth(int threads) {
+  const size_t bytes = size_t(256) << 20;
+  int n = threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  auto copy_all = [&] {
+    std::vector<std::thread> pool;
+    for (int i = 0; i < n; ++i)
+      pool.emplace_back([&, i] {
+        size_t a = bytes * i / n, b = bytes * (i + 1) / n;
+        std::memcpy(dst.data() + a, src.data() + a, b - a);
+      });
+    for (auto& t : pool) t.join();
+  };
+  copy_all();  // touch the pages first
+  double best = 1e30;
+  for (int r = 0; r < 7; ++r) {
+    auto t = std::chrono::steady_clock::now();
+    copy_all();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
+  return 2.0 * double(bytes) / best;
+}
+
 void evr_string_free(char* s) { std::free(s); }
 void evr_free(evr_runner* r) { delete r; }
 
