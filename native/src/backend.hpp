@@ -43,5 +43,6 @@ const std::map<std::string, BackendFactory>& backends();
 std::unique_ptr<Backend> make_backend(const Bundle& bundle, int threads);
 
 std::unique_ptr<Backend> make_gguf_backend(const Bundle& bundle, int threads);
+std::unique_ptr<Backend> make_executorch_backend(const Bundle& bundle, int threads);  // EVR_WITH_EXECUTORCH
 
 }  // namespace evr

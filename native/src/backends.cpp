@@ -1,4 +1,5 @@
-// The registry of engines the native runner links: a table, not an if-chain. ONNX is absent on purpose:
+// The registry of engines the native runner links: a table, not an if-chain. ExecuTorch is in builds
+// configured with EVR_EXECUTORCH_DIR (the x86_64 host: the wheel's libraries). ONNX is absent on purpose:
 // no C/C++ headers for ONNX Runtime are published on the registries this project builds from (see
 // native/README.md); CoreML runs only through Apple's frameworks.
 #include <utility>
@@ -11,6 +12,9 @@ namespace evr {
 const std::map<std::string, BackendFactory>& backends() {
   static const std::map<std::string, BackendFactory> table = {
       {"gguf", make_gguf_backend},
+#ifdef EVR_WITH_EXECUTORCH
+      {"executorch", make_executorch_backend},
+#endif
   };
   return table;
 }

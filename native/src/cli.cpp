@@ -64,7 +64,8 @@ std::string bench_request(const Args& a) {
 
 std::string run_request(const std::string& request) {
   char* err = nullptr;
-  return owned(evr_bench(request.c_str(), &err), err);
+  char* out = evr_bench(request.c_str(), &err);  // before `err` is read: argument order is unspecified
+  return owned(out, err);
 }
 
 std::string preprocess(const Args& a) {
@@ -87,7 +88,8 @@ const std::map<std::string, std::function<std::string(const Args&)>> kCommands =
        evr_runner* r = evr_open(a[0].c_str(), 0, &err);
        if (!r) owned(nullptr, err);  // throws the open error
        std::unique_ptr<evr_runner, void (*)(evr_runner*)> hold(r, evr_free);
-       return owned(evr_generate(r, a[1].c_str(), a[2].c_str(), a.size() > 3 ? std::stoi(a[3]) : 256, &err), err);
+       char* out = evr_generate(r, a[1].c_str(), a[2].c_str(), a.size() > 3 ? std::stoi(a[3]) : 256, &err);
+       return owned(out, err);
      }},
     {"check", [](const Args& a) {
        need(a, 1, "check BUNDLE");
