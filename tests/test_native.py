@@ -106,6 +106,22 @@ def test_generate_stops_at_eos_as_python():
     assert out["text"] == load_runtime(bundle).decode(ids)
 
 
+def test_c_api_from_c(tmp_path):
+    """The C API compiled as C (what JNI and Swift call): a file and the same pixels passed raw answer alike."""
+    image = GOLDENS / VECTORS["images"][1]["file"]
+    pixels = load_image(image)
+    raw = tmp_path / "image.rgb"
+    raw.write_bytes(pixels.tobytes())
+    done = subprocess.run([str(native_runner(HOST).parent / "evr-c-api-test"), str(GOLDENS / "bundles/gguf-q4_0"),
+                           str(image), str(raw), str(pixels.width), str(pixels.height), QUESTION],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from_file, from_rgb, error = [json.loads(line) for line in done.stdout.splitlines()]
+    want = golden("gguf-q4_0", VECTORS["images"][1]["file"])["greedy_ids"]
+    assert from_file["ids"] == from_rgb["ids"] and from_file["ids"][:8] == want
+    assert error["error"] == "/nonexistent/bundle: bundle directory not found"
+
+
 # ---- bad input: one line naming the file ------------------------------------------------------------------------
 def _broken(tmp_path: Path, how: str) -> tuple[Path, str]:
     b = tmp_path / "gguf-q4_0"
