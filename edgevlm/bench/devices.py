@@ -188,7 +188,8 @@ class AdbDevice(Device):
             self.shell(f"chmod 755 {self.root}/{RUNNER}")
         with tempfile.TemporaryDirectory() as tmp:
             req = Path(tmp) / "request.json"
-            req.write_text(json.dumps({**request, "bundle": remote_bundle, "image": f"{self.root}/image{image.suffix}"}))
+            remote = {"bundle": remote_bundle, "image": f"{self.root}/image{image.suffix}"}
+            req.write_text(json.dumps({**request, **remote}))
             self.call("push", str(req), f"{self.root}/request.json")
         out = self.shell(f"cd {self.root} && ./{RUNNER} request.json", check=False)
         result = parse_result(out, "", f"{self.target} {bundle}")

@@ -125,7 +125,8 @@ std::vector<int32_t> BpeTokenizer::encode(const std::string& text) const {
 std::string BpeTokenizer::decode_bytes(const std::vector<int32_t>& ids) const {
   std::string out;
   for (int32_t id : ids) {
-    if (id < 0 || id >= int32_t(id_to_token_.size())) throw Error("id " + std::to_string(id) + " is not in the vocabulary", path_);
+    if (id < 0 || id >= int32_t(id_to_token_.size()))
+      throw Error("id " + std::to_string(id) + " is not in the vocabulary", path_);
     if (special_[id]) continue;
     bool added = std::any_of(added_.begin(), added_.end(), [id](auto& a) { return a.second == id; });
     if (added) { out += id_to_token_[id]; continue; }

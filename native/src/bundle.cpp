@@ -130,7 +130,8 @@ void check_files(const Bundle& b) {
   for (auto& [name, entry] : b.manifest["files"].items()) {
     std::string path = b.dir + "/" + name;
     struct stat st;
-    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) throw Error("file listed in manifest.json is missing", path);
+    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+      throw Error("file listed in manifest.json is missing", path);
     uint64_t want = entry["bytes"].get<uint64_t>();
     if (uint64_t(st.st_size) != want)
       throw Error("size " + std::to_string(st.st_size) + " differs from manifest.json (" + std::to_string(want) +

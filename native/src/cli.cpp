@@ -118,8 +118,9 @@ int main(int argc, char** argv) {
   Args args(argv + 1, argv + argc);
   try {
     std::string out;
-    if (args.empty()) throw evr::Error("usage: edgevlm-run REQUEST.json | --bundle B --image I ... | "
-                                       "generate | check | preprocess | prompt | tokenize | bandwidth (see native/README.md)");
+    if (args.empty())
+      throw evr::Error("usage: edgevlm-run REQUEST.json | --bundle B --image I ... | generate | check | "
+                       "preprocess | prompt | tokenize | bandwidth (see native/README.md)");
     auto cmd = kCommands.find(args[0]);
     if (cmd != kCommands.end()) {
       out = cmd->second(Args(args.begin() + 1, args.end()));

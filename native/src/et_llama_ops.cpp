@@ -40,9 +40,9 @@ Tensor& update_cache_out(KernelRuntimeContext& ctx, const Tensor& value, Tensor&
 Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const int64_t start, const std::optional<Tensor>& mask, const double dropout,
                         const bool is_causal, const std::optional<double> scale, Tensor& out) {
-  if (!four_d_float(q) || !four_d_float(k) || !four_d_float(v) || out.scalar_type() != ScalarType::Float || q.size(0) != 1 ||
-      mask.has_value() || dropout != 0.0 || !is_causal || k.size(2) == 0 || out.dim() != 4 || q.size(2) % k.size(2) != 0 ||
-      q.size(3) != k.size(3) || start < 0 || start + q.size(1) > k.size(1)) {
+  if (!four_d_float(q) || !four_d_float(k) || !four_d_float(v) || out.scalar_type() != ScalarType::Float ||
+      out.dim() != 4 || q.size(0) != 1 || mask.has_value() || dropout != 0.0 || !is_causal || k.size(2) == 0 ||
+      q.size(2) % k.size(2) != 0 || q.size(3) != k.size(3) || start < 0 || start + q.size(1) > k.size(1)) {
     ctx.fail(Error::InvalidArgument);  // only what the exporter writes: causal, no mask, no dropout
     return out;
   }

@@ -47,7 +47,8 @@ Taps taps(int in, int out) {
     for (int j = 0; j < n; ++j) total += (w[j] = bicubic((j + xmin - center + 0.5) * ss));
     for (int j = 0; j < n; ++j) {
       double v = total != 0.0 ? w[j] / total : w[j];
-      t.k[size_t(i) * t.ksize + j] = v < 0 ? int(-0.5 + v * (1 << kPrecisionBits)) : int(0.5 + v * (1 << kPrecisionBits));
+      const double fixed = v * (1 << kPrecisionBits);
+      t.k[size_t(i) * t.ksize + j] = v < 0 ? int(-0.5 + fixed) : int(0.5 + fixed);
     }
     t.first[i] = xmin;
     t.count[i] = n;

@@ -134,7 +134,11 @@ std::string utf8_lossy(const std::string& s) {
   size_t n = s.size(), i = 0;
   while (i < n) {
     unsigned char c = p[i];
-    int len = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    int len = c < 0x80                 ? 1
+              : (c >= 0xC2 && c <= 0xDF) ? 2
+              : (c >= 0xE0 && c <= 0xEF) ? 3
+              : (c >= 0xF0 && c <= 0xF4) ? 4
+                                         : 0;
     if (len == 1) { out += char(c); ++i; continue; }
     size_t j = i + 1;
     if (len > 0) {
