@@ -9,6 +9,7 @@ exercised end to end; what only a real phone can show is listed in docs/device-b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -65,6 +66,25 @@ def test_preprocess_matches_goldens(image):
     assert out["rgb_sha256"] == image["rgb_sha256"]
     assert out["resized_sha256"] == image["resized_sha256"]
     assert out["pixel_values_sha256"] == image["pixel_values_sha256"]
+
+
+@pytest.mark.parametrize("width, height, mode", [(37, 23, "RGB"), (517, 389, "RGB"), (336, 100, "RGB"),
+                                                 (13, 336, "L"), (700, 701, "RGBA"), (1000, 3, "P")])
+def test_preprocess_matches_pillow(tmp_path, width, height, mode):
+    """Beyond the goldens: noise at odd sizes, and grey / alpha / palette PNGs converted as Pillow converts."""
+    from PIL import Image
+
+    from edgevlm.bundle.manifest import open_bundle
+
+    rng = np.random.default_rng(width * height)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+    image.save(tmp_path / "noise.png")
+    pre = open_bundle(GOLDENS / "bundles/gguf-f16", check_files=False).preprocess
+    out = native("preprocess", GOLDENS / "bundles/gguf-f16", tmp_path / "noise.png")
+    rgb = load_image(tmp_path / "noise.png")
+    assert out["rgb_sha256"] == hashlib.sha256(np.asarray(rgb).tobytes()).hexdigest()
+    assert out["resized_sha256"] == hashlib.sha256(pre.resized(rgb).tobytes()).hexdigest()
+    assert out["pixel_values_sha256"] == hashlib.sha256(pre(rgb).astype("<f4").tobytes()).hexdigest()
 
 
 @pytest.mark.parametrize("name", ["gguf-q4_0", "executorch-fp32"])
