@@ -44,6 +44,17 @@ def native_runner(arch: str) -> Path:
     return path
 
 
+def host_facts() -> dict:
+    """This machine: CPU model (Linux: /proc/cpuinfo), cores, architecture, system."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "system": platform.platform()}
+
+
 def parse_result(stdout: str, stderr: str, where: str) -> dict:
     """The runner's last stdout line as JSON; its {"error": ...} or a crash as one-line EdgeVLMError."""
     lines = stdout.strip().splitlines()
@@ -105,12 +116,7 @@ class LocalDevice(Device):
             return self._run([str(path)], str(bundle))
 
     def facts(self) -> dict:
-        cpu = platform.processor() or platform.machine()
-        cpuinfo = Path("/proc/cpuinfo")
-        if cpuinfo.is_file():
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                        if line.startswith("model name")), cpu)
-        return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "system": platform.platform()}
+        return host_facts()
 
     def bandwidth(self, threads: int) -> float | None:
         return self._run(["bandwidth", str(threads)], "bandwidth")["bandwidth_bytes_s"]

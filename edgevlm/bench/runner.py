@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import edgevlm
-from edgevlm.bench.devices import Device
+from edgevlm.bench.devices import Device, host_facts
 from edgevlm.bench.roofline import decode_bound, measure_bandwidth
 from edgevlm.errors import EdgeVLMError
 
@@ -100,16 +100,7 @@ def _default_image(tmp: Path) -> Path:
 
 
 def machine(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "system": platform.platform(),
-            "python": platform.python_version()}
+    return {**host_facts(), "threads": threads, "python": platform.python_version()}
 
 
 def git_commit() -> str:
