@@ -233,7 +233,10 @@ elif args[0] == "shell" and args[1].startswith("getprop "):
     print(PROPS.get(args[1].split()[1], ""))
 elif args[0] == "shell":
     cmd = here(" ".join(args[1:])).replace("./edgevlm-run", "qemu-aarch64-static ./edgevlm-run")
-    sys.exit(subprocess.call(["sh", "-c", cmd]))
+    done = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True)
+    print(done.stdout.replace(root + "/data/local/tmp", "/data/local/tmp"), end="")  # the phone's own paths
+    print(done.stderr, end="", file=sys.stderr)
+    sys.exit(done.returncode)
 '''
 
 

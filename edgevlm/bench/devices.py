@@ -194,8 +194,8 @@ class AdbDevice(Device):
             self.shell(f"chmod 755 {self.root}/{RUNNER}")
         with tempfile.TemporaryDirectory() as tmp:
             req = Path(tmp) / "request.json"
-            remote = {"bundle": remote_bundle, "image": f"{self.root}/image{image.suffix}"}
-            req.write_text(json.dumps({**request, **remote}))
+            # paths relative to the root, where the runner starts
+            req.write_text(json.dumps({**request, "bundle": f"bundles/{b.path.name}", "image": f"image{image.suffix}"}))
             self.call("push", str(req), f"{self.root}/request.json")
         out = self.shell(f"cd {self.root} && ./{RUNNER} request.json", check=False)
         result = parse_result(out, "", f"{self.target} {bundle}")
