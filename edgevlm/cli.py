@@ -302,18 +302,22 @@ def _add_bench(p):
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("--plot", type=Path, default=None, help="write comparison plots here (PNG)")
+    p.add_argument("--device", default=None, metavar="TARGET",
+                   help="measure with the native runner on: local | qemu-aarch64 | adb[:SERIAL] "
+                        "(docs/device-bench.md); default: the Python runtimes on this host")
 
 
 @command("bench", "time to first token, prefill / decode tokens/s, memory, size and accuracy of bundles", _add_bench)
 def _run_bench(a):
     from edgevlm.bench.report import markdown, plot
+    from edgevlm.bench.devices import open_device
     from edgevlm.bench.runner import BenchConfig, bench
     from edgevlm.io import atomic_file, check_file_out, write_json
 
     for out in (a.json, a.md, a.plot):
         check_file_out(out)
     cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit)
-    report = bench(a.bundles, cfg)
+    report = bench(a.bundles, cfg, device=open_device(a.device) if a.device else None)
     table = markdown(report)
     print(table)
     if a.json:

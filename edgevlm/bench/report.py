@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgevlm.bench.stats import fmt
+from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_file
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    bandwidth = report["bandwidth_bytes_s"]
     head = (f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; copy bandwidth "
-            f"{report['bandwidth_bytes_s'] / 1e9:.1f} GB/s; commit {report['git_commit']}; "
+            f"{f'{bandwidth / 1e9:.1f} GB/s' if bandwidth else '–'}; commit {report['git_commit']}; "
             f"{report['config']['new_tokens']} new tokens, {report['config']['runs']} runs (median ±half-range)")
     rows = [
         "| bundle | runtime | scheme | MB | image ms | prefill tok/s | TTFT ms | decode tok/s | roofline tok/s "
@@ -29,6 +31,8 @@ def markdown(report: dict) -> str:
             f"| {fmt(r['ttft_ms'])} | {fmt(r['decode_tok_s'])} | {bound} | {pct} "
             f"| {r['peak_rss_bytes'] / 1e6:.0f} | {acc} |"
         )
+    if m.get("emulated"):
+        head += "\n\nEmulated target: correctness only (generated ids); its timings are not speed and are left out."
     return "\n".join([head, "", *rows])
 
 
@@ -38,7 +42,9 @@ def plot(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["results"]
+    rows = [r for r in report["results"] if r["image_ms"]]  # emulated runs carry no timings
+    if not rows:
+        raise EdgeVLMError("no timings to plot: an emulated device (qemu) reports correctness only")
     names = [Path(r["bundle"]).name for r in rows]
     scored = [r for r in rows if "accuracy" in r]
     fig, axes = plt.subplots(1, 3 if scored else 2, figsize=(16 if scored else 11, 4.8))

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import edgevlm
+from edgevlm.bench.devices import Device, host_facts
 from edgevlm.bench.roofline import decode_bound, measure_bandwidth
 from edgevlm.errors import EdgeVLMError
 
@@ -33,21 +34,28 @@ class BenchConfig:
     eval_limit: int | None = None
 
 
-def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True) -> dict:
-    """Measure every bundle in its own process, then the memory bandwidth; the report as one dict."""
-    threads = cfg.threads or os.cpu_count()
+def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: Device | None = None) -> dict:
+    """Measure every bundle in its own process, then the memory bandwidth; the report as one dict. With a
+    `device` (devices.py), the native runner measures on that target instead of the Python runtimes."""
+    if device is not None and cfg.eval is not None:
+        raise EdgeVLMError("--eval measures accuracy with the host's Python runtimes, not with --device")
+    facts = device.facts() if device is not None else None
+    threads = cfg.threads or (facts or {}).get("cores") or os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         image = cfg.image or _default_image(Path(tmp))
         rows = []
         for b in tqdm(bundles, desc="bench", disable=not progress):
-            rows.append(_measure(b, {**asdict(cfg), "image": str(image), "threads": threads}, Path(tmp)))
-    bandwidth = measure_bandwidth(threads)
+            req = _request({**asdict(cfg), "image": image, "threads": threads})
+            rows.append(device.measure(b, req) if device is not None else _measure(b, req, Path(tmp)))
+    bandwidth = device.bandwidth(threads) if device is not None else measure_bandwidth(threads)
     for r in rows:
-        bound = decode_bound(bandwidth, r["decode_weight_bytes"])
+        if device is not None and device.emulated:
+            _drop_timings(r)
+        bound = decode_bound(bandwidth, r["decode_weight_bytes"]) if bandwidth else None
         r["roofline_tok_s"] = bound
-        r["roofline_pct"] = 100 * r["decode_tok_s"]["median"] / bound if bound else None
+        r["roofline_pct"] = 100 * r["decode_tok_s"]["median"] / bound if bound and r["decode_tok_s"] else None
     return {
-        "machine": machine(threads),
+        "machine": {**facts, "threads": threads, "device": device.target} if device is not None else machine(threads),
         "bandwidth_bytes_s": bandwidth,
         "config": {**asdict(cfg), "image": str(cfg.image or "generated shapes eval image"), "threads": threads},
         "edgevlm_version": edgevlm.__version__,
@@ -57,8 +65,23 @@ def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True) -> dict:
     }
 
 
+# what an emulated run (qemu) must not report: its timings say nothing about any real device's speed
+TIMED = ("load_ms", "image_ms", "prefill_ms", "ttft_ms", "decode_ms", "prefill_tok_s", "decode_tok_s")
+
+
+def _drop_timings(result: dict) -> None:
+    for key in TIMED:
+        result[key] = None
+    result["split"] = {}
+    result["emulated"] = True
+
+
+def _request(req: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in req.items()}
+
+
 def _measure(bundle: Path, req: dict, tmp: Path) -> dict:
-    req = {k: (str(v) if isinstance(v, Path) else v) for k, v in {**req, "bundle": bundle}.items()}
+    req = _request({**req, "bundle": bundle})
     path = tmp / "request.json"
     path.write_text(json.dumps(req))
     done = subprocess.run([sys.executable, "-m", "edgevlm.bench.worker", str(path)], capture_output=True, text=True)
@@ -77,16 +100,7 @@ def _default_image(tmp: Path) -> Path:
 
 
 def machine(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "system": platform.platform(),
-            "python": platform.python_version()}
+    return {**host_facts(), "threads": threads, "python": platform.python_version()}
 
 
 def git_commit() -> str:
