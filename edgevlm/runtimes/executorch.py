@@ -7,6 +7,9 @@ clearing: writing from position 0 is a reset (ExecuTorch's own runners do the sa
 
 `vision_encoder` in the program takes the resized RGB image as uint8 (what ExecuTorch's MultimodalRunner
 feeds it) and normalizes inside; `to_uint8` maps the contract's normalized pixels back to those bytes exactly.
+
+The one runtime that imports torch: ExecuTorch's Python bindings take and return torch tensors. The native
+runner (native/, C++) runs the same `.pte` without torch.
 """
 
 from __future__ import annotations
