@@ -98,14 +98,15 @@ def stablelm2_1_6b() -> LLMConfig:
                      extra=dict(STABLELM2_EXTRA))
 
 
-def tiny_llm(arch: str, eps: float = 1e-6, **extra) -> LLMConfig:
+def tiny_llm(arch: str, eps: float = 1e-6, context: int = 512, **extra) -> LLMConfig:
     """The 4-layer, 128-wide LM every tiny twin uses, in the family's own architecture. RoPE base 1e6 (as
     recent long-context LMs use) rather than 1e4: with 32-wide heads, base 1e4 rotates every frequency pair
     by radians over the ~150 positions between a question and the image tokens, so attention cannot match a
     cell's position code by content; at 1e6 the slow pairs barely turn (measured: 0.48 → 0.60 on `shapes`
-    after the same 625 steps)."""
+    after the same 625 steps). `context` must hold the family's image tokens plus a prompt and an answer: 512
+    for the 144-token MobileVLM twins, 1024 where the projector keeps every patch (576 or 729 tokens)."""
     return LLMConfig(arch=arch, vocab_size=SHAPES_VOCAB, hidden_size=128, intermediate_size=384, num_layers=4,
-                     num_heads=4, num_kv_heads=4, max_position_embeddings=512, rope_theta=1e6, rms_norm_eps=eps,
+                     num_heads=4, num_kv_heads=4, max_position_embeddings=context, rope_theta=1e6, rms_norm_eps=eps,
                      extra=extra)
 
 
@@ -174,7 +175,7 @@ def tinyllava_tinyllama_siglip() -> VLMConfig:
 def tinyllava_tiny() -> VLMConfig:
     """TinyLLaVA-Phi-2-SigLIP's shape, shrunk: SigLIP 384/14 (728 tokens, Factory rule), mlp2x_gelu, Phi."""
     return FAMILIES["tinyllava"].config(tiny_tower(VisionKind.SIGLIP, drop_first_token=True),
-                                        tiny_llm("phi", 1e-5, **PHI2_EXTRA), template=TINY_TEMPLATE)
+                                        tiny_llm("phi", 1e-5, context=1024, **PHI2_EXTRA), template=TINY_TEMPLATE)
 
 
 # ---- Bunny ------------------------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def bunny_v1_0_4b() -> VLMConfig:
 @preset("bunny-tiny")
 def bunny_tiny() -> VLMConfig:
     """Bunny-v1.0-3B's shape, shrunk: SigLIP 384/14 (729 tokens), mlp2x_gelu, Phi."""
-    return FAMILIES["bunny"].config(tiny_tower(VisionKind.SIGLIP), tiny_llm("phi", 1e-5, **PHI2_EXTRA),
+    return FAMILIES["bunny"].config(tiny_tower(VisionKind.SIGLIP), tiny_llm("phi", 1e-5, context=1024, **PHI2_EXTRA),
                                     template=TINY_TEMPLATE)
 
 
@@ -223,7 +224,8 @@ def moe_llava_phi2() -> VLMConfig:
 @preset("moe-llava-tiny")
 def moe_llava_tiny() -> VLMConfig:
     """MoE-LLaVA-StableLM's shape, shrunk: CLIP 336/14 (576 tokens), mlp2x_gelu, StableLM with 4 experts, top-2."""
-    return FAMILIES["moe-llava"].config(tiny_tower(VisionKind.CLIP), tiny_llm("stablelm", 1e-5, **STABLELM2_EXTRA),
+    return FAMILIES["moe-llava"].config(tiny_tower(VisionKind.CLIP),
+                                        tiny_llm("stablelm", 1e-5, context=1024, **STABLELM2_EXTRA),
                                         template=TINY_TEMPLATE, moe=MoEConfig(num_experts=4, top_k=2))
 
 
