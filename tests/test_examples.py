@@ -24,6 +24,7 @@ SWIFT_TESTS = ROOT / "examples" / "ios" / "Tests" / "EdgeVLMKitTests"
 APP_SOURCES = [
     ROOT / "examples" / "android" / "core" / "src" / "main",
     ROOT / "examples" / "android" / "app" / "src",
+    ROOT / "examples" / "android" / "jni" / "src" / "main",
     ROOT / "examples" / "ios" / "Sources",
     ROOT / "examples" / "ios" / "App",
 ]

@@ -24,7 +24,7 @@ import pytest
 from edgevlm.bench.devices import AdbDevice, native_runner, open_device
 from edgevlm.bench.report import markdown
 from edgevlm.bench.runner import BenchConfig, bench
-from edgevlm.bundle.image import load_image
+from edgevlm.bundle.image import ImagePreprocess, load_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.runtimes import load_runtime
 
@@ -140,6 +140,33 @@ def test_c_api_from_c(tmp_path):
     want = golden("gguf-q4_0", VECTORS["images"][1]["file"])["greedy_ids"]
     assert from_file["ids"] == from_rgb["ids"] and from_file["ids"][:8] == want
     assert error["error"] == "/nonexistent/bundle: bundle directory not found"
+
+
+@pytest.mark.parametrize("bundle", ["gguf-f16", "gguf-q4_0"])
+def test_c_api_stepwise_equals_goldens(tmp_path, bundle):
+    """evr_prefill + evr_decode + evr_n_vocab (what the Android core's JNI backend calls): the client's own
+    greedy loop over the resized image and the prompt ids gives the goldens' 8 greedy ids."""
+    b, image = GOLDENS / "bundles" / bundle, VECTORS["images"][1]["file"]
+    pre = json.loads((b / "manifest.json").read_text())["image"]
+    size = pre["size"]
+    resized = tmp_path / "resized.rgb"
+    levels = ImagePreprocess(size=size, mean=tuple(pre["mean"]), std=tuple(pre["std"])).resized(load_image(GOLDENS / image))
+    resized.write_bytes(np.ascontiguousarray(levels, dtype=np.uint8).tobytes())
+    ids = native("prompt", b, QUESTION)["ids"]
+    at = ids.index(-200)
+    before, after = ",".join(map(str, ids[:at])), ",".join(map(str, ids[at + 1:])) or "-"
+    pixels = load_image(GOLDENS / image)
+    raw = tmp_path / "image.rgb"
+    raw.write_bytes(pixels.tobytes())
+    done = subprocess.run([str(native_runner(HOST).parent / "evr-c-api-test"), str(b), str(GOLDENS / image), str(raw),
+                           str(pixels.width), str(pixels.height), QUESTION, str(resized), str(size), before, after],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    step = json.loads(done.stdout.splitlines()[0])
+    want = golden(bundle, image)
+    print(bundle, "stepwise", step["stepwise"])
+    assert step["stepwise"] == want["greedy_ids"]
+    assert step["positions"] == int(want["prompt_positions"])
 
 
 # ---- bad input: one line naming the file ------------------------------------------------------------------------

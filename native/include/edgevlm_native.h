@@ -42,6 +42,22 @@ char *evr_bench(const char *request_json, char **err);
  * it on a host. */
 double evr_bandwidth(int threads);
 
+/* Stepwise, for clients that run the greedy loop themselves (the Android core's Backend through JNI): the
+ * client builds the prompt ids and resizes the image (spec sections 4 and 6); the runner only runs the engine.
+ *
+ * evr_prefill starts a new prompt at position 0: the ids before the image, the image (size x size x 3 levels,
+ * HWC, already resized to the bundle's image size), the ids after it. Writes the last position's logits
+ * (evr_n_vocab floats) to logits_out and returns the next position, or -1 on failure (err set). */
+int evr_prefill(evr_runner *runner, const int32_t *before, int n_before, const uint8_t *resized_rgb, int size,
+                const int32_t *after, int n_after, float *logits_out, char **err);
+
+/* Feeds `token` at `position` (the cache holds every position before it); its logits into logits_out.
+ * 0 on success, -1 on failure (err set). */
+int evr_decode(evr_runner *runner, int32_t token, int position, float *logits_out, char **err);
+
+/* The vocabulary size: how many logits evr_prefill and evr_decode write. */
+int evr_n_vocab(evr_runner *runner);
+
 void evr_string_free(char *s);
 void evr_free(evr_runner *runner);
 

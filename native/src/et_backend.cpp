@@ -59,11 +59,18 @@ class EtBackend : public Backend {
     for (const char* m : {"vision_encoder", "token_embedding", "text_decoder"})
       if (module_.load_method(m) != executorch::runtime::Error::Ok)
         throw Error(std::string("ExecuTorch cannot load the method ") + m + " (" + last_error() + ")", pte_);
+    // the vocabulary before any step (the stepwise C API sizes its logits buffer by it): the decoder's
+    // output, (1, V), in the program's method metadata
+    auto meta = module_.method_meta("text_decoder");
+    if (meta.ok() && meta->num_outputs() > 0) {
+      auto out = meta->output_tensor_meta(0);
+      if (out.ok() && !out->sizes().empty()) vocab_ = int(out->sizes()[out->sizes().size() - 1]);
+    }
   }
 
   std::string engine() const override { return "executorch"; }
   std::string version() const override { return EVR_EXECUTORCH_VERSION; }
-  int n_vocab() const override { return int(logits_.size()); }
+  int n_vocab() const override { return logits_.empty() ? vocab_ : int(logits_.size()); }
   std::vector<int32_t> tokenize(const std::string& text) override { return tokenizer_.encode(text); }
   std::string detokenize(const std::vector<int32_t>& ids) override { return tokenizer_.decode_bytes(ids); }
   std::vector<float> image_embeds() const override { return embd_; }
@@ -125,6 +132,7 @@ class EtBackend : public Backend {
   BpeTokenizer tokenizer_;
   Module module_;
   std::vector<float> embd_, logits_;
+  int vocab_ = 0;
 };
 
 }  // namespace

@@ -201,6 +201,55 @@ double evr_bandwidth(int threads) {
   return 2.0 * double(bytes) / best;
 }
 
+int evr_prefill(evr_runner* r, const int32_t* before, int n_before, const uint8_t* resized_rgb, int size,
+                const int32_t* after, int n_after, float* logits_out, char** err) {
+  try {
+    if (!r || !resized_rgb || !logits_out || n_before < 0 || n_after < 0 || (n_before && !before) ||
+        (n_after && !after))
+      throw evr::Error("evr_prefill: no runner, image, logits buffer or ids");
+    evr::Session& s = *r->session;
+    const evr::Bundle& b = s.bundle();
+    if (size != b.image.size)
+      throw evr::Error("evr_prefill: the image is " + std::to_string(size) + " x " + std::to_string(size) +
+                       ", the bundle's image size is " + std::to_string(b.image.size), b.dir);
+    int positions = n_before + b.image_tokens + n_after;
+    if (positions >= b.max_context)
+      throw evr::Error("prompt of " + std::to_string(positions) + " positions does not fit the bundle's context of " +
+                       std::to_string(b.max_context), b.dir);
+    const int n_vocab = s.backend().n_vocab();  // what the caller sized logits_out by
+    evr::Rgb image{size, size, std::vector<uint8_t>(resized_rgb, resized_rgb + size_t(size) * size * 3)};
+    s.backend().encode_image(image);
+    int pos = s.backend().prefill(std::vector<int32_t>(before, before + n_before),
+                                  std::vector<int32_t>(after, after + n_after));
+    if (n_vocab <= 0 || s.backend().n_vocab() != n_vocab)
+      throw evr::Error("evr_prefill: the engine gave " + std::to_string(s.backend().n_vocab()) +
+                       " logits, evr_n_vocab said " + std::to_string(n_vocab), b.dir);
+    std::memcpy(logits_out, s.backend().logits(), sizeof(float) * size_t(s.backend().n_vocab()));
+    return pos;
+  } catch (const std::exception& e) {
+    if (err) *err = evr::dup(e.what());
+    return -1;
+  }
+}
+
+int evr_decode(evr_runner* r, int32_t token, int position, float* logits_out, char** err) {
+  try {
+    if (!r || !logits_out) throw evr::Error("evr_decode: no runner or logits buffer");
+    evr::Session& s = *r->session;
+    if (token < 0 || token >= s.backend().n_vocab() || position < 0 || position >= s.bundle().max_context)
+      throw evr::Error("evr_decode: token " + std::to_string(token) + " at position " + std::to_string(position) +
+                       " is outside the vocabulary or the context", s.bundle().dir);
+    s.backend().decode(token, position);
+    std::memcpy(logits_out, s.backend().logits(), sizeof(float) * size_t(s.backend().n_vocab()));
+    return 0;
+  } catch (const std::exception& e) {
+    if (err) *err = evr::dup(e.what());
+    return -1;
+  }
+}
+
+int evr_n_vocab(evr_runner* r) { return r ? r->session->backend().n_vocab() : 0; }
+
 void evr_string_free(char* s) { std::free(s); }
 void evr_free(evr_runner* r) { delete r; }
 

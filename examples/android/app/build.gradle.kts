@@ -20,6 +20,26 @@ android {
     buildFeatures {
         compose = true
     }
+    // The JNI backend (not built here: no Android SDK on the development machines): edgevlm.jni.NativeBackend's
+    // Kotlin and libedgevlm_jni from native/ with the NDK, llama.cpp compiled from the project's patched sources
+    // (scripts/setup unpacks them into .venv/src/llama.cpp), arm64 only.
+    sourceSets["main"].kotlin.srcDir("../jni/src/main/kotlin")
+    defaultConfig {
+        ndk { abiFilters += "arm64-v8a" }
+        externalNativeBuild {
+            cmake {
+                arguments += listOf(
+                    "-DEVR_JNI=ON", "-DEVR_LLAMA_FROM_SOURCE=ON",
+                    "-DEVR_LLAMA_SRC=${rootDir.resolve("../../.venv/src/llama.cpp").canonicalPath}",
+                    "-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod", "-DGGML_OPENMP=OFF",
+                )
+                targets += "edgevlm_jni"
+            }
+        }
+    }
+    externalNativeBuild {
+        cmake { path = file("../../../native/CMakeLists.txt") }
+    }
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17

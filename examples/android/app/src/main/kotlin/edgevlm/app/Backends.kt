@@ -1,17 +1,22 @@
 package edgevlm.app
 
 import edgevlm.core.Backend
-import edgevlm.core.ModelBundle
 import edgevlm.core.EdgeVLMError
+import edgevlm.core.ModelBundle
+import edgevlm.jni.NativeBackend
 
 /**
  * Engines by bundle format (`manifest.format`): the core builds prompts, resizes images and picks every token; a
- * [Backend] only runs the model. The JNI backend over the native library (GGUF through llama.cpp, ExecuTorch
- * where built; issue 15's C API) registers here next; until then this build reads, checks and tokenizes bundles
- * but answers with none (examples/README.md says what ran where).
+ * [Backend] only runs the model. GGUF runs in llama.cpp through the native library over JNI ([NativeBackend],
+ * `libedgevlm_jni.so` built from native/ with the NDK). ExecuTorch goes through the same class wherever the
+ * native library is built with ExecuTorch, which is the x86_64 host build only: an arm64 ExecuTorch runtime is
+ * not built by this project (native/README.md), so the phone build lists gguf alone. This app shell has not been
+ * built (no Android SDK on the development machines); the JVM test tests/test_android_jni.py runs NativeBackend.
  */
 object Backends {
-    private val byFormat: Map<String, (ModelBundle) -> Backend> = emptyMap()
+    private val byFormat: Map<String, (ModelBundle) -> Backend> = mapOf(
+        "gguf" to { bundle -> NativeBackend(bundle) },
+    )
 
     fun open(bundle: ModelBundle): Backend {
         val make = byFormat[bundle.manifest.format] ?: throw EdgeVLMError(
