@@ -23,38 +23,40 @@ ANDROID = ROOT / "examples" / "android"
 KOTLIN = ANDROID / "tools" / "node_modules" / "kotlin-compiler"
 SOURCES = [ANDROID / "core" / "src" / "main" / "kotlin", ANDROID / "core" / "src" / "test" / "kotlin"]
 JAVA_LIBS = [Path("/usr/share/java") / n for n in ("junit4.jar", "hamcrest-core.jar", "com.android.json.jar")]
-BUILD = ROOT / "build" / "android-core"
 GOLDENS = ROOT / "tests" / "goldens"
 # the vectors.json groups a client checks without an engine; `reference` is PyTorch's, checked by backends
 CLIENT_GROUPS = ("text", "prompts", "images", "bundles")
 
 
-def kotlin_files() -> list[Path]:
-    return sorted(p for d in SOURCES for p in d.rglob("*.kt"))
+def kotlin_files(sources: list[Path]) -> list[Path]:
+    """The .kt files of `sources` (directories searched, files taken as they are)."""
+    return sorted(p for s in sources for p in ([s] if s.is_file() else s.rglob("*.kt")))
 
 
 def junit_classes() -> list[str]:
     return [f"edgevlm.core.{p.stem}" for p in sorted((SOURCES[1]).rglob("*Tests.kt"))]
 
 
-def compiled_jar() -> Path:
-    """The core + its tests as one jar, recompiled only when a source or the compiler changed."""
-    missing = [str(p) for p in [KOTLIN / "bin" / "kotlinc", *JAVA_LIBS] if not p.exists()]
-    assert not missing, f"scripts/setup did not install {', '.join(missing)}: run ./scripts/setup"
+def compiled_jar(name: str = "core", sources: list[Path] = SOURCES, needs: tuple[Path, ...] = ()) -> Path:
+    """`sources` compiled into one jar under build/android-NAME, recompiled only when a source or the compiler
+    changed; `needs` are other files the run needs (a missing one is a setup failure)."""
+    missing = [str(p) for p in [KOTLIN / "bin" / "kotlinc", *JAVA_LIBS, *needs] if not p.exists()]
+    assert not missing, f"scripts/setup did not build or install {', '.join(missing)}: run ./scripts/setup"
     digest = hashlib.sha256((KOTLIN / "build.txt").read_bytes())
-    for f in kotlin_files():
+    for f in kotlin_files(sources):
         digest.update(str(f.relative_to(ANDROID)).encode() + b"\0" + f.read_bytes())
-    jar = BUILD / f"core-{digest.hexdigest()[:16]}.jar"
+    build = ROOT / "build" / f"android-{name}"
+    jar = build / f"{name}-{digest.hexdigest()[:16]}.jar"
     if not jar.exists():
-        BUILD.mkdir(parents=True, exist_ok=True)
-        tmp = BUILD / f"partial-{jar.name}"  # renamed into place when whole
+        build.mkdir(parents=True, exist_ok=True)
+        tmp = build / f"partial-{jar.name}"  # renamed into place when whole
         run = subprocess.run(
-            [str(KOTLIN / "bin" / "kotlinc"), *map(str, SOURCES), "-cp", os.pathsep.join(map(str, JAVA_LIBS)),
-             "-jvm-target", "17", "-nowarn", "-d", str(tmp)],
+            [str(KOTLIN / "bin" / "kotlinc"), *map(str, kotlin_files(sources)), "-cp",
+             os.pathsep.join(map(str, JAVA_LIBS)), "-jvm-target", "17", "-nowarn", "-d", str(tmp)],
             capture_output=True, text=True, timeout=600,
         )
         assert run.returncode == 0, f"kotlinc failed:\n{run.stderr[-4000:]}"
-        for old in BUILD.glob("core-*.jar"):
+        for old in build.glob(f"{name}-*.jar"):
             old.unlink()
         os.replace(tmp, jar)
     return jar

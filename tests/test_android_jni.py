@@ -9,7 +9,6 @@ as in tests/test_android_core.py; a failing JUnit test fails here by name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,44 +16,17 @@ import subprocess
 
 import pytest
 
-from test_android_core import ANDROID, GOLDENS, JAVA_LIBS, KOTLIN, ROOT
+from test_android_core import ANDROID, GOLDENS, JAVA_LIBS, KOTLIN, ROOT, compiled_jar
 
 SOURCES = [ANDROID / "core" / "src" / "main" / "kotlin", ANDROID / "core" / "src" / "test" / "kotlin" / "edgevlm"
            / "core" / "Goldens.kt", ANDROID / "jni" / "src" / "main" / "kotlin", ANDROID / "jni" / "src" / "test" / "kotlin"]
 LIBRARY = ROOT / "build" / "native" / "libedgevlm_jni.so"
-BUILD = ROOT / "build" / "android-jni"
 FORMATS = ("gguf", "executorch")  # what the host's native library runs (native/README.md)
-
-
-def kotlin_files() -> list[str]:
-    return sorted(str(p) for s in SOURCES for p in ([s] if s.is_file() else s.rglob("*.kt")))
-
-
-def compiled_jar():
-    missing = [str(p) for p in [KOTLIN / "bin" / "kotlinc", *JAVA_LIBS, LIBRARY] if not p.exists()]
-    assert not missing, f"scripts/setup did not build or install {', '.join(missing)}: run ./scripts/setup"
-    digest = hashlib.sha256((KOTLIN / "build.txt").read_bytes())
-    for f in kotlin_files():
-        digest.update(f.encode() + b"\0" + open(f, "rb").read())
-    jar = BUILD / f"jni-{digest.hexdigest()[:16]}.jar"
-    if not jar.exists():
-        BUILD.mkdir(parents=True, exist_ok=True)
-        tmp = BUILD / f"partial-{jar.name}"
-        run = subprocess.run(
-            [str(KOTLIN / "bin" / "kotlinc"), *kotlin_files(), "-cp", os.pathsep.join(map(str, JAVA_LIBS)),
-             "-jvm-target", "17", "-nowarn", "-d", str(tmp)],
-            capture_output=True, text=True, timeout=600,
-        )
-        assert run.returncode == 0, f"kotlinc failed:\n{run.stderr[-4000:]}"
-        for old in BUILD.glob("jni-*.jar"):
-            old.unlink()
-        os.replace(tmp, jar)
-    return jar
 
 
 @pytest.fixture(scope="module")
 def junit() -> subprocess.CompletedProcess:
-    classpath = [compiled_jar(), KOTLIN / "lib" / "kotlin-stdlib.jar", *JAVA_LIBS]
+    classpath = [compiled_jar("jni", SOURCES, needs=(LIBRARY,)), KOTLIN / "lib" / "kotlin-stdlib.jar", *JAVA_LIBS]
     return subprocess.run(
         ["java", f"-Dedgevlm.goldens={GOLDENS}", f"-Dedgevlm.jni.library={LIBRARY}",
          f"-Dedgevlm.jni.formats={','.join(FORMATS)}", "-cp", os.pathsep.join(map(str, classpath)),

@@ -44,11 +44,9 @@ def test_arch_row_matches_the_lm_it_builds(arch):
     assert set(row.decoder.unsupported) <= known
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", [a for a in ARCHS if ARCHS[a].gguf is not None])  # rows llama.cpp runs
 def test_arch_row_names_a_llama_cpp_architecture(arch):
     spec = ARCHS[arch].gguf
-    if spec is None:
-        pytest.skip(f"{arch} has no llama.cpp graph")
     assert spec.arch in gguf.MODEL_ARCH_NAMES.values()
     assert spec.activations and (not spec.moe or spec.arch == "llama")  # Mixtral's layout: llama's graph
 
