@@ -8,7 +8,6 @@ only: training turns the array into a tensor itself.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,15 +62,18 @@ def load_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise EdgeVLMError("image not found", path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open
-            warnings.simplefilter("ignore", UserWarning)  # palette transparency: converted below as documented
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im)
-                if im.mode.startswith("I;16"):  # 16-bit grey: Pillow's RGB conversion clips, scale to 8 bits
-                    im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
-                return im.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # the size check is explicit, not a warnings filter: filters are process-wide and the trainer loads
+        # images from two threads, so a filter set by one thread can be undone by the other mid-load
+        with Image.open(path) as im:
+            pixels = im.size[0] * im.size[1]
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                raise EdgeVLMError(f"refused as a decompression bomb ({im.size[0]} x {im.size[1]} = {pixels} "
+                                   f"pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS})", path)
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16"):  # 16-bit grey: Pillow's RGB conversion clips, scale to 8 bits
+                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
+            return im.convert("RGB")
+    except Image.DecompressionBombError as e:
         raise EdgeVLMError(f"refused as a decompression bomb ({e})", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise EdgeVLMError(f"cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
