@@ -96,11 +96,9 @@ def _tower_dir(d: Path, tower) -> Path:
 
 
 # ---- the layouts ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mobilevlm_v2(tmp_path_factory):
+def _write_mobilevlm_v2(root: Path, tower) -> tuple:
     """MobileVLM V2: Llama + LDPv2 (`model.mm_projector.mlp.mlp.*`, `peg.peg.*`), CLIP inside, safetensors."""
-    root = tmp_path_factory.mktemp("mobilevlm_v2")
-    src, tower, llm = root / "ckpt", _clip(), _llama()
+    src, llm = root / "ckpt", _llama()
     src.mkdir()
     g = torch.Generator().manual_seed(4)
     tensors = {**_prefixed(llm, ""), **_prefixed(tower, "model.vision_tower.vision_tower.vision_model."),
@@ -114,6 +112,11 @@ def mobilevlm_v2(tmp_path_factory):
                   "vision_tower_type": "clip", "mm_use_im_start_end": False, "mm_use_im_patch_token": False})
     _tokenizer(src, llama=True)
     return src, tower, llm, tensors
+
+
+@pytest.fixture(scope="module")
+def mobilevlm_v2(tmp_path_factory):
+    return _write_mobilevlm_v2(tmp_path_factory.mktemp("mobilevlm_v2"), _clip())
 
 
 @pytest.fixture(scope="module")
@@ -195,21 +198,52 @@ def _logits_ref(model: EdgeVLM, llm, image_tokens: torch.Tensor) -> tuple[torch.
     return model.llm(inputs_embeds=ours).logits, llm(inputs_embeds=x).logits
 
 
+def _ldpv2_ref(tower, t, size: int) -> torch.Tensor:
+    """MobileVLM V2's image path from the raw tensors: patch features, MLP, TokenDownLayer, PosInjectLayer."""
+    feats = tower(_pixels(size), output_hidden_states=True).hidden_states[-2][:, 1:]  # LLaVA "patch" features
+    x = _mlp_ref(feats, t, "model.mm_projector.mlp.mlp.")  # (1, N, 64)
+    side = size // 14
+    grid = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(1, 64, side, side), (12, 12))  # TokenDownLayer
+    grid = F.conv2d(grid, t["model.mm_projector.peg.peg.0.weight"], t["model.mm_projector.peg.peg.0.bias"],
+                    padding=1, groups=64) + grid  # PosInjectLayer
+    return grid.flatten(2).transpose(1, 2)
+
+
 @torch.no_grad()
 def test_mobilevlm_v2_equals_upstream_computation(mobilevlm_v2):
     src, tower, llm, t = mobilevlm_v2
     model = load(src)
-    feats = tower(_pixels(336), output_hidden_states=True).hidden_states[-2][:, 1:]  # LLaVA "patch" features
-    x = _mlp_ref(feats, t, "model.mm_projector.mlp.mlp.")  # (1, 576, 64)
-    grid = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(1, 64, 24, 24), (12, 12))  # TokenDownLayer
-    grid = F.conv2d(grid, t["model.mm_projector.peg.peg.0.weight"], t["model.mm_projector.peg.peg.0.bias"],
-                    padding=1, groups=64) + grid  # PosInjectLayer
-    ref = grid.flatten(2).transpose(1, 2)
+    ref = _ldpv2_ref(tower, t, 336)
     torch.testing.assert_close(model.encode_image(_pixels(336)), ref, rtol=1e-5, atol=1e-5)
     ours, theirs = _logits_ref(model, llm, ref)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     assert model.cfg.projector.kind == "ldpv2" and model.num_image_tokens == 144 and model.cfg.template == "vicuna_v1"
     assert model.prompt_ids(QUESTION)[0] == model.tokenizer.tok.token_to_id("<s>")  # Llama adds BOS
+
+
+@torch.no_grad()
+def test_ldpv2_off_the_24_grid_pools_adaptively_like_upstream(tmp_path):
+    """A 224-px tower (16 x 16 patches): upstream's adaptive pool still gives 144 tokens (overlapping windows).
+    ONNX runs it (the exporter's own vision graph in onnxruntime); llama.cpp's graph pools 2 x 2 on a fixed
+    24 x 24 grid, so GGUF export refuses."""
+    import onnxruntime as ort
+
+    from edgevlm.export.gguf import check_exportable
+    from edgevlm.export.onnx import export_graphs
+
+    torch.manual_seed(1)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=2, image_size=224, patch_size=14)).eval()
+    src, tower, _, t = _write_mobilevlm_v2(tmp_path, tower)
+    model = load(src)
+    ref = _ldpv2_ref(tower, t, 224)
+    assert model.num_image_tokens == 144 and ref.shape == (1, 144, 64)
+    torch.testing.assert_close(model.encode_image(_pixels(224)), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EdgeVLMError, match="llama.cpp's ldpv2 graph needs a 24x24 patch grid, this tower has 16x16"):
+        check_exportable(model)
+    vision = ort.InferenceSession(export_graphs(model)["vision"].SerializeToString())
+    got = vision.run(None, {"pixel_values": _pixels(224).numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), ref, rtol=1e-4, atol=1e-4)
 
 
 @torch.no_grad()
