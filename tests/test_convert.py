@@ -224,8 +224,8 @@ def test_mobilevlm_v2_equals_upstream_computation(mobilevlm_v2):
 @torch.no_grad()
 def test_ldpv2_off_the_24_grid_pools_adaptively_like_upstream(tmp_path):
     """A 224-px tower (16 x 16 patches): upstream's adaptive pool still gives 144 tokens (overlapping windows).
-    ONNX runs it (the contract's vision encoder, as the exporters trace it, in onnxruntime); llama.cpp's graph pools 2 x 2 on a fixed
-    24 x 24 grid, so GGUF export refuses."""
+    ONNX runs it (the contract's vision encoder, as the exporters trace it, in onnxruntime); llama.cpp's graph
+    pools 2 x 2 on a fixed 24 x 24 grid, so GGUF export refuses."""
     import onnxruntime as ort
 
     from edgevlm.export.gguf import check_exportable

@@ -40,7 +40,7 @@ class Bunny:
         tensors = up.read_tensors(src)
         vision, tower = up.llava_tower(src, cfg, tensors, vision_tower, feature_layer=-2)
         weights = up.weight_files(src)[0]
-        tensors = up.rename(up.zero_head_bias(tensors, llm), [("model.mm_projector.", "projector.mlp."), ("model.", "llm.model."),
-                                      ("lm_head.", "llm.lm_head.")], weights)
+        rules = [("model.mm_projector.", "projector.mlp."), ("model.", "llm.model."), ("lm_head.", "llm.lm_head.")]
+        tensors = up.rename(up.zero_head_bias(tensors, llm), rules, weights)
         vlm = FAMILIES["bunny"].config(vision, llm)
         return Upstream(vlm, {**tensors, **tower}, up.read_tokenizer(src, llm.vocab_size), weights)

@@ -17,8 +17,8 @@ Not carried over, by design, so converted outputs are upstream's only up to thes
   seeds (~18 % of argmax positions in one measurement). edgevlm takes the two most probable experts.
 - DeepSpeed gives each expert room for `eval_capacity_factor` (`capacity_factor` in training) x 2 x tokens /
   experts tokens (at least `min_capacity`) and drops the rest: a token gets nothing from an expert with no room
-  for it (dropped by both, only its residual passes). At capacity 1.0 any imbalance drops tokens; edgevlm never drops one, which is what upstream
-  computes whenever no expert overflows.
+  for it (dropped by both, only its residual passes). At capacity 1.0 any imbalance drops tokens; edgevlm never
+  drops one, which is what upstream computes whenever no expert overflows.
 A Phi LM's `lm_head` has no bias here (MoELLaVAPhiForCausalLM): read as a zero bias. Refused with a reason:
 residual MoE (`use_residual`), video towers, LMs edgevlm has no backbone for (Qwen-1 remote code, MiniCPM,
 Mistral), MoE layers that are not every n-th layer from 0, and unequal expert counts.
@@ -73,8 +73,8 @@ class MoELLaVA:
         vision, tower = up.llava_tower(src, llava_cfg, tensors, vision_tower,
                                        feature_layer=cfg.get("mm_vision_select_layer", -2))
         weights = up.weight_files(src)[0]
-        tensors = up.rename(up.zero_head_bias(tensors, llm), [(PROJECTOR, "projector.mlp."), ("model.", "llm.model."),
-                                      ("lm_head.", "llm.lm_head.")], weights)
+        rules = [(PROJECTOR, "projector.mlp."), ("model.", "llm.model."), ("lm_head.", "llm.lm_head.")]
+        tensors = up.rename(up.zero_head_bias(tensors, llm), rules, weights)
         vlm = FAMILIES["moe-llava"].config(vision, llm, moe=moe)
         return Upstream(vlm, {**tensors, **tower}, _tokenizer(src, llm.vocab_size), weights)
 

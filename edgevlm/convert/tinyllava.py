@@ -4,7 +4,8 @@ LLaVA-style one (bczhou/TinyLLaVA-*, `model_type` `tiny_llava_<lm>`).
 Factory config.json: `model_type: tinyllava`, `text_config` and `vision_config` (full transformers configs),
 `connector_type` (`mlp2x_gelu`), `vision_feature_layer`, `vision_feature_select_strategy` (`patch` drops token 0,
 for SigLIP too: 728 tokens). Tensors: `language_model.*`, `vision_tower._vision_tower.vision_model.*`
-(`vision_tower._vision_tower.embeddings.*` … when transformers 5 saved it), `connector._connector.{0,2}.*`. The LLaVA-style layout is MobileVLM's / Bunny's (`model.*`, `model.mm_projector.*`,
+(`vision_tower._vision_tower.embeddings.*` … when transformers 5 saved it), `connector._connector.{0,2}.*`.
+The LLaVA-style layout is MobileVLM's / Bunny's (`model.*`, `model.mm_projector.*`,
 `model.vision_tower.vision_tower.*`); its SigLIP tower is stored without the last block, output taken.
 """
 
