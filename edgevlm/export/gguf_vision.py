@@ -40,6 +40,8 @@ class ClipProjector:
     towers: tuple[VisionKind, ...]  # the towers clip.cpp's graph for this type runs
     renames: tuple[tuple[str, str], ...]  # our state-dict prefix → clip.cpp tensor prefix
     grid: int | None = None  # the patch grid the graph hard-codes, if any
+    output: str | None = None  # the clip.cpp name of the linear layer that makes the image tokens (None: the
+    # graph ends otherwise); a text graph that needs zero-mean input embeddings gets it centred
 
     def tensor_name(self, key: str) -> str:
         for ours, theirs in self.renames:
@@ -50,13 +52,13 @@ class ClipProjector:
 
 CLIP_PROJECTORS: Registry[ClipProjector] = Registry("projector for llama.cpp (GGUF)")
 CLIP_PROJECTORS.register("mlp2x_gelu")(ClipProjector("mlp", (VisionKind.CLIP, VisionKind.SIGLIP),
-                                                     (("projector.mlp.", "mm."),)))
+                                                     (("projector.mlp.", "mm."),), output="mm.2"))
 CLIP_PROJECTORS.register("ldp")(ClipProjector("ldp", (VisionKind.CLIP,), (("projector.", "mm.model."),), grid=24))
 CLIP_PROJECTORS.register("ldpv2")(ClipProjector(
     "ldpv2", (VisionKind.CLIP,), (("projector.mlp.mlp.", "mm.model.mlp."), ("projector.peg.peg.", "mm.model.peg.")),
     grid=24))
 CLIP_PROJECTORS.register("pixel_shuffle")(ClipProjector(
-    "idefics3", (VisionKind.SIGLIP,), (("projector.proj.", "mm.model.fc."),)))
+    "idefics3", (VisionKind.SIGLIP,), (("projector.proj.", "mm.model.fc."),), output="mm.model.fc"))
 
 
 def clip_projector(cfg: VLMConfig) -> ClipProjector:
@@ -83,8 +85,10 @@ def clip_projector(cfg: VLMConfig) -> ClipProjector:
     return proj
 
 
-def vision_tensors(model, proj: ClipProjector) -> dict[str, np.ndarray]:
-    """clip.cpp name → float32 array, for the tower blocks in use and the projector."""
+def vision_tensors(model, proj: ClipProjector, center_output: bool = False) -> dict[str, np.ndarray]:
+    """clip.cpp name → float32 array, for the tower blocks in use and the projector; `center_output`: the
+    projector's last linear layer with its output mean subtracted (image tokens of mean zero, for a text graph
+    that runs LayerNorm as RMSNorm: edgevlm.export.gguf)."""
     cfg = model.cfg.vision
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, cfg.num_layers)
     out = {}
@@ -102,6 +106,9 @@ def vision_tensors(model, proj: ClipProjector) -> dict[str, np.ndarray]:
         out[proj.tensor_name("projector." + key)] = data
     if "v.class_embd" in out:
         out["v.class_embd"] = out["v.class_embd"].reshape(-1)
+    if center_output:  # weight (D_llm, D_in) and bias (D_llm,): the output features are axis 0 of both
+        for name in (f"{proj.output}.weight", f"{proj.output}.bias"):
+            out[name] = out[name] - out[name].mean(axis=0, keepdims=True)
     return _fix_ffn_naming(out, cfg.hidden_size)
 
 
@@ -123,8 +130,10 @@ def _fix_ffn_naming(tensors: dict[str, np.ndarray], d: int) -> dict[str, np.ndar
     return tensors
 
 
-def write_mmproj(model, path: Path, quant: gguf.GGMLQuantizationType) -> tuple[dict[str, str], list[dict]]:
-    """Write the mmproj for `model`; weight matrices get `quant` (F16 where their rows do not fit its block).
+def write_mmproj(model, path: Path, quant: gguf.GGMLQuantizationType,
+                 center_output: bool = False) -> tuple[dict[str, str], list[dict]]:
+    """Write the mmproj for `model`; weight matrices get `quant` (F16 where their rows do not fit its block);
+    `center_output`: see `vision_tensors`.
 
     Returns clip.cpp tensor name → GGML type written, and the fallbacks.
     """
@@ -132,7 +141,7 @@ def write_mmproj(model, path: Path, quant: gguf.GGMLQuantizationType) -> tuple[d
     w = gguf.GGUFWriter(str(path), "clip")
     _write_keys(w, model.cfg, proj, quant == F16)
     types, fallbacks = {}, []
-    for name, data in vision_tensors(model, proj).items():
+    for name, data in vision_tensors(model, proj, center_output).items():
         qtype = _vision_type(name, data, quant)
         try:
             packed = gguf.quants.quantize(data, qtype)
