@@ -7,7 +7,9 @@ Which graph runs is fixed by the projector type:
 - `mlp`, `ldp`, `ldpv2` run clip.cpp's llava graph (tools/mtmd/models/llava.cpp): CLIP with its class token and
   pre-layernorm, dropped after the tower; `mlp` also after a SigLIP tower (no class token, no pre-layernorm,
   every patch kept: Bunny's 27 x 27 = 729 at 384 px). MobileVLM's LDP / LDPv2 graphs hard-code a 24 x 24 grid.
-  TinyLLaVA's rule of dropping SigLIP's first patch (728 tokens) has no clip.cpp switch, so it is refused.
+  TinyLLaVA-Factory's rule of dropping SigLIP's first patch (728 tokens) has no clip.cpp switch (the llava
+  graph skips a row only for a class token, and no graph emits 27 x 27 - 1 tokens), so it is refused; the
+  change llama.cpp would need is drafted in docs/upstream/llama-cpp-drop-first-patch.md.
 - `idefics3` runs the SigLIP graph (no class token) and then pixel shuffle + one linear.
 Only the tower blocks that LLaVA's feature layer uses are written, and no post-layernorm: the llava graph is
 told the feature layer explicitly (`clip.vision.feature_layer`), the SigLIP graph runs every block it is given.
@@ -75,7 +77,8 @@ def clip_projector(cfg: VLMConfig) -> ClipProjector:
         kept = "all patches" if cfg.vision.kind is VisionKind.SIGLIP else "the patches, not the class token"
         raise EdgeVLMError(f"llama.cpp hands the projector {kept} of a {cfg.vision.kind.value} tower; this model "
                            f"{'drops' if cfg.vision.drop_first_token else 'keeps'} the first token "
-                           f"({cfg.vision.num_features} features); export it to onnx, executorch or coreml")
+                           f"({cfg.vision.num_features} features; README: \"GGUF: what llama.cpp cannot run\"); "
+                           f"export it to onnx, executorch or coreml")
     if proj.grid is not None and cfg.vision.grid != proj.grid:
         raise EdgeVLMError(f"llama.cpp's {proj.projector_type} graph needs a {proj.grid}x{proj.grid} patch grid, "
                            f"this tower has {cfg.vision.grid}x{cfg.vision.grid}")
