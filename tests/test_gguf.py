@@ -68,7 +68,8 @@ def test_unsupported_projector_is_refused():
 
 @pytest.mark.parametrize("arch,extra,reason", [
     ("phi", {}, "no MoE graph with a phi layer"),  # README: "GGUF: what llama.cpp cannot run"
-    ("stablelm", {"use_parallel_residual": True}, "phimoe graph runs attention and FFN one after the other")])
+    ("stablelm", {"use_parallel_residual": True}, "phimoe graph runs attention and FFN one after the other")],
+    ids=["phi", "stablelm-parallel"])
 def test_moe_body_without_a_llama_cpp_graph_is_refused(arch, extra, reason):
     from edgevlm.models.factory import create_from_config
     from edgevlm.models.presets import PHI2_EXTRA, STABLELM2_EXTRA, get_preset, tiny_llm
