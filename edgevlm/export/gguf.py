@@ -155,9 +155,9 @@ def text_tensors(model) -> dict[str, np.ndarray]:
         if name is None:
             raise EdgeVLMError(f"LLM tensor {key!r} has no llama.cpp name")
         data = t.float().numpy()
-        if spec.permute_qk and key.endswith("q_proj.weight"):
+        if spec.permute_qk and key.endswith(("q_proj.weight", "q_proj.bias")):
             data = rotary_permute(data, cfg.num_heads)
-        elif spec.permute_qk and key.endswith("k_proj.weight"):
+        elif spec.permute_qk and key.endswith(("k_proj.weight", "k_proj.bias")):
             data = rotary_permute(data, cfg.num_kv_heads)
         out[name] = data
     if moe:
