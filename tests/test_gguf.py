@@ -68,14 +68,16 @@ def test_unsupported_projector_is_refused():
 
 @pytest.mark.parametrize("arch,extra,reason", [
     ("phi", {}, "no MoE graph with a phi layer"),  # README: "GGUF: what llama.cpp cannot run"
-    ("stablelm", {"use_parallel_residual": True}, "phimoe graph runs attention and FFN one after the other")],
-    ids=["phi", "stablelm-parallel"])
+    ("stablelm", {"use_parallel_residual": True}, "phimoe graph runs attention and FFN one after the other"),
+    ("llama", {"mlp_bias": True}, "llama graph has bias-free experts")],
+    ids=["phi", "stablelm-parallel", "llama-mlp-bias"])
 def test_moe_body_without_a_llama_cpp_graph_is_refused(arch, extra, reason):
     from edgevlm.models.factory import create_from_config
     from edgevlm.models.presets import PHI2_EXTRA, STABLELM2_EXTRA, get_preset, tiny_llm
 
     cfg = get_preset("moe-llava-tiny")
-    cfg.llm = tiny_llm(arch, 1e-5, **{**(PHI2_EXTRA if arch == "phi" else STABLELM2_EXTRA), **extra})
+    base = {"phi": PHI2_EXTRA, "stablelm": STABLELM2_EXTRA, "llama": {}}[arch]
+    cfg.llm = tiny_llm(arch, 1e-5, **{**base, **extra})
     cfg.llm.num_layers, cfg.vision.num_layers = 2, 1
     with pytest.raises(EdgeVLMError, match=reason) as refusal:
         check_exportable(create_from_config(cfg, seed=0))

@@ -135,6 +135,9 @@ def check_exportable(model) -> None:
         raise EdgeVLMError(f"llama.cpp's {moe.arch} graph runs attention and FFN "
                            f"{'in parallel' if moe.parallel_residual else 'one after the other'}, this {cfg.llm.arch} "
                            f"model does not; export this MoE model to onnx, executorch or coreml")
+    if moe and any(".mlp." in key and key.endswith(".bias") for key in model.llm.state_dict()):
+        raise EdgeVLMError(f"llama.cpp's {moe.arch} graph has bias-free experts, this model's FFN has biases; "
+                           f"export this MoE model to onnx, executorch or coreml")
     proj = clip_projector(cfg)
     if moe and moe.layer_norm_as_rms and proj.output is None:
         raise EdgeVLMError(f"llama.cpp's {moe.arch} graph needs zero-mean image embeddings, and the "
