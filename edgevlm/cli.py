@@ -243,6 +243,11 @@ def _add_export(p):
                    help="accuracy: answers compared with PyTorch; smoke: only load the bundle and generate a few "
                         "tokens (random-weight real-size models, benchmarks)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads during verification")
+    p.add_argument("--max-drop", nargs="?", const="default", default=None, metavar="D",
+                   help="accuracy guard: most accuracy the bundle may lose against PyTorch in its verification; "
+                        "over it, the most sensitive parts are re-exported at a higher precision (no value: 0.01 "
+                        "for 8 bits and more, 0.02 below)")
+    p.add_argument("--strict", action="store_true", help="with the guard: fail over D instead of re-exporting")
 
 
 @command("export", "export a model dir to a bundle for one runtime, verified against PyTorch", _add_export)
@@ -251,7 +256,8 @@ def _run_export(a):
     from edgevlm.load import load_model
 
     _check_out(a, "bundle")
-    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify)
+    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify,
+                       _max_drop(a.max_drop), a.strict)
     r = export(load_model(a.model), cfg, a.out)
     print(f"wrote {a.format} {a.quant} bundle {r.path} ({r.bytes / 1e6:.2f} MB)")
     for name, f in r.manifest["files"].items():
@@ -267,6 +273,21 @@ def _run_export(a):
         print(f"verified on {v['n']} questions: answers identical to PyTorch {v['answers_identical']:.3f}, "
               f"token agreement {v['token_agreement']:.3f}, accuracy {v['accuracy']:.3f} "
               f"(PyTorch {v['reference_accuracy']:.3f})")
+    g = (v or {}).get("guard")
+    if g:
+        kept = ", ".join(f"{part}: {gets}" for part, gets in g["kept"].items()) or "nothing"
+        print(f"accuracy guard (max drop {g['max_drop']}): drop {g['before']['drop']:.3f} -> {g['after']['drop']:.3f}"
+              f", kept at higher precision: {kept}")
+
+
+def _max_drop(value: str | None) -> float | str | None:
+    """`--max-drop`'s value: absent, "default" (no value given), or a number."""
+    if value in (None, "default"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise EdgeVLMError(f"--max-drop takes an accuracy difference such as 0.02, got {value!r}") from None
 
 
 
