@@ -80,14 +80,17 @@ def test_smoke_verification_records_what_it_checked(big_vocab_bundle):
 
 
 # The split's engine time is our clock around each engine call; the engines' own clocks check it (ONNX Runtime's
-# session profile, ExecuTorch's ETDump, llama.cpp's perf counters; mtmd keeps none for the image). Measured
-# 2026-12-02 on the tiny bundles below (medians of 3 runs): ours exceeds the engine's by 0.01-0.04 ms per call
-# (the bindings' argument handling) and by 10 % at most otherwise; llama.cpp's clock runs on past a decode
-# until the logits are read, so it may exceed ours by a few microseconds per call. The bounds: the engine's own
-# time within [0.9, 1.1] of ours, plus 0.1 ms per call above. A phase missing its engine calls, or one that
-# counts preprocessing or numpy work as engine time, falls outside.
+# session profile, ExecuTorch's ETDump, llama.cpp's perf counters; mtmd keeps none for the image), run by run:
+# `PHASE_engine_unseen_ms` is the median over runs of ours − theirs. Measured 2026-12-02 on the tiny bundles
+# below (2 cores at load 6, 20 runs each): ours exceeds the engine's by 0.01-0.13 ms per call (the bindings'
+# argument handling; most for ONNX's 1.3 MB pixel input); llama.cpp's clock runs on past a decode until the
+# logits are read, so it exceeds ours by ~0.02 ms per call. A run preempted in that margin (~5 % of runs
+# there) is what the median over 5 runs absorbs. The bounds: the unseen time within [-10 %, 10 %] of ours, plus
+# 0.1 ms per call above. A phase missing an engine call, or counting preprocessing or numpy work as engine time,
+# falls outside.
 SPANS_INSIDE_OURS = {"onnx", "executorch"}  # the engine's span lies inside our timed call: ours can only be longer
 PER_CALL_MS = 0.1
+RUNS = 5
 
 
 def check_against_own_clock(split: dict, fmt: str) -> None:
@@ -96,18 +99,20 @@ def check_against_own_clock(split: dict, fmt: str) -> None:
     for phase in PHASES:
         assert split[f"{phase}_outside_ms"] >= 0 and split[f"{phase}_engine_calls"] > 0
     for phase in own:
-        ours, theirs = split[f"{phase}_engine_ms"], split[f"{phase}_engine_self_ms"]
+        ours, unseen = split[f"{phase}_engine_ms"], split[f"{phase}_engine_unseen_ms"]
         calls = split[f"{phase}_engine_calls"]
-        where = f"{fmt} {phase}: ours {ours:.3f} ms, the engine's own {theirs:.3f} ms, {calls} calls"
-        assert 0 < theirs and 0.9 * theirs <= ours <= 1.1 * theirs + PER_CALL_MS * calls, where
+        where = (f"{fmt} {phase}: ours {ours:.3f} ms, of which the engine's own clock does not see {unseen:.3f} ms "
+                 f"({calls} calls)")
+        assert split[f"{phase}_engine_self_ms"] > 0, where
+        assert -0.1 * ours <= unseen <= 0.1 * ours + PER_CALL_MS * calls, where
         if fmt in SPANS_INSIDE_OURS:
-            assert theirs <= ours, where
+            assert unseen >= 0, where
 
 
 def test_bench_engine_time_agrees_with_the_engines_own_clock(big_vocab_bundle):
     _, result = big_vocab_bundle
     report = bench([result.path, GOLDEN_BUNDLES / "onnx-fp32"],
-                   BenchConfig(new_tokens=8, runs=3, threads=1, self_timing=True), progress=False)
+                   BenchConfig(new_tokens=8, runs=RUNS, threads=1, self_timing=True), progress=False)
     gguf = report["results"][0]
     assert gguf["image_tokens"] == 144 and gguf["projector"] == "ldpv2"
     for r in report["results"]:
@@ -121,7 +126,7 @@ def test_executorch_engine_time_agrees_with_its_etdump():
     worker's own `time_split`."""
     runtime = load_runtime(GOLDEN_BUNDLES / "executorch-fp32", threads=1, self_timing=True)
     image = load_image(GOLDEN_BUNDLES.parent / "images" / "exact-336x336.png")
-    runs = [runtime.profile(image, DEFAULT_PROMPT, 8) for _ in range(3)]
+    runs = [runtime.profile(image, DEFAULT_PROMPT, 8) for _ in range(RUNS)]
     check_against_own_clock(time_split(runs, runtime.engine_self_ms()), "executorch")
 
 

@@ -84,7 +84,11 @@ def time_split(runs: list, own: list[dict] | None = None) -> dict:
     """Where the time goes, median ms over runs: each phase inside the engine vs around it (Python, data
     handling, preprocessing), and one decoded token's share of each. `own`: per run, the phases' engine time by
     the engine's own clock (`Runtime.engine_self_ms`), reported as `PHASE_engine_self_ms`: the check that
-    `PHASE_engine_ms`, our clock around the engine calls, holds the engine's work and little else."""
+    `PHASE_engine_ms`, our clock around the engine calls, holds the engine's work and little else: beside it
+    `PHASE_engine_unseen_ms`, the median over runs of each run's ours − the engine's own (paired: on a busy
+    machine the runs differ far more than the two clocks within one run), the engine calls' time the engine does
+    not count (the bindings' argument and result handling; a little negative for llama.cpp, whose clock runs on
+    to the logits read)."""
     out = {}
     for phase, total in (("image", "image_ms"), ("prefill", "prefill_ms"), ("decode", "decode_ms")):
         if not all(phase in r.engine_ms for r in runs):
@@ -94,6 +98,8 @@ def time_split(runs: list, own: list[dict] | None = None) -> dict:
         out[f"{phase}_engine_calls"] = runs[0].engine_calls[phase]
         if own and all(phase in o for o in own):
             out[f"{phase}_engine_self_ms"] = summarize([o[phase] for o in own])["median"]
+            out[f"{phase}_engine_unseen_ms"] = summarize([r.engine_ms[phase] - o[phase]
+                                                          for r, o in zip(runs, own)])["median"]
     n = runs[0].decode_tokens
     if "decode_engine_ms" in out and n:
         out["token_engine_ms"] = out["decode_engine_ms"] / n
