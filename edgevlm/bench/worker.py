@@ -15,6 +15,7 @@ from edgevlm.bench.stats import summarize
 from edgevlm.bench.weights import decode_bytes_per_token
 from edgevlm.bundle.image import load_image
 from edgevlm.errors import EdgeVLMError
+from edgevlm.runtimes.base import PHASES
 
 # bundle format → the distribution whose version names the engine
 ENGINE_PACKAGES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime", "executorch": "executorch",
@@ -82,19 +83,20 @@ def peak_rss_bytes() -> int:
 
 def time_split(runs: list, own: list[dict] | None = None) -> dict:
     """Where the time goes, median ms over runs: each phase inside the engine vs around it (Python, data
-    handling, preprocessing), and one decoded token's share of each. `own`: per run, the phases' engine time by
-    the engine's own clock (`Runtime.engine_self_ms`), reported as `PHASE_engine_self_ms`: the check that
-    `PHASE_engine_ms`, our clock around the engine calls, holds the engine's work and little else: beside it
-    `PHASE_engine_unseen_ms`, the median over runs of each run's ours − the engine's own (paired: on a busy
-    machine the runs differ far more than the two clocks within one run), the engine calls' time the engine does
-    not count (the bindings' argument and result handling; a little negative for llama.cpp, whose clock runs on
-    to the logits read)."""
+    handling, preprocessing), and one decoded token's share of each.
+
+    `own` (`Runtime.engine_self_ms`, per run) checks `PHASE_engine_ms`, our clock around the engine calls, against
+    the engine's own: `PHASE_engine_self_ms` is its median, `PHASE_engine_unseen_ms` the median of each run's ours
+    − theirs, paired because on a busy machine runs differ far more than two clocks within one run. The unseen
+    time is the bindings' argument and result handling (a little negative for llama.cpp, whose clock runs on to
+    the logits read)."""
     out = {}
-    for phase, total in (("image", "image_ms"), ("prefill", "prefill_ms"), ("decode", "decode_ms")):
+    for phase in PHASES:
         if not all(phase in r.engine_ms for r in runs):
             continue
+        total = [getattr(r, f"{phase}_ms") for r in runs]
         out[f"{phase}_engine_ms"] = summarize([r.engine_ms[phase] for r in runs])["median"]
-        out[f"{phase}_outside_ms"] = summarize([getattr(r, total) - r.engine_ms[phase] for r in runs])["median"]
+        out[f"{phase}_outside_ms"] = summarize([t - r.engine_ms[phase] for t, r in zip(total, runs)])["median"]
         out[f"{phase}_engine_calls"] = runs[0].engine_calls[phase]
         if own and all(phase in o for o in own):
             out[f"{phase}_engine_self_ms"] = summarize([o[phase] for o in own])["median"]

@@ -22,6 +22,7 @@ from edgevlm.config import MAX_NEW_TOKENS
 
 PHASES = ("image", "prefill", "decode")  # what profile() times, in this order
 
+
 @dataclass
 class Timing:
     """One request's time split (milliseconds): what `edgevlm bench` reports, per runtime, after warm-up."""
@@ -111,8 +112,9 @@ class Runtime(ABC):
         the engine's own clock. Engines that report only when profiling ends (ONNX Runtime, ExecuTorch) end it
         here: call this once, after the last profiled run."""
         if not self.self_timing:
-            raise ValueError("open the runtime with self_timing=True to read the engine's own clock")
+            raise ValueError("the engine's own clock is read once, from a runtime opened with self_timing=True")
         ms = self.engine_elapsed_ms(self.self_marks)
+        self.self_timing = False  # read: later calls are not self-timed
         bounds = len(PHASES) + 1  # marks per profile() call
         return [{p: ms[i + k] for k, p in enumerate(PHASES) if p in self.self_timed_phases}
                 for i in range(0, len(self.self_marks), bounds)]

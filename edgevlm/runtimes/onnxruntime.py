@@ -132,6 +132,8 @@ class OnnxRuntime(ContractRuntime):
             if key not in fields:
                 raise EdgeVLMError(f"manifest runtime section lacks {key!r}", bundle.path / MANIFEST)
         self.sessions, self.runs = {}, {name: 0 for name in fields["graphs"]}  # runs: per session, so far
+        # the profiles' JSON files: read and removed by `engine_elapsed_ms` (onnxruntime writes them only then, or
+        # when a session is freed)
         self.profile_dir = tempfile.mkdtemp(prefix="edgevlm-ort-profile-") if self_timing else None
         for name, entry in fields["graphs"].items():
             options = ort.SessionOptions()
@@ -182,7 +184,6 @@ class OnnxRuntime(ContractRuntime):
                 durations[name] = runs
         finally:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
-        self.self_timing = False  # the profiles are ended
         return [sum(sum(durations[n][a[n]:b[n]]) for n in durations) for a, b in zip(marks, marks[1:])]
 
     def reset(self) -> None:
