@@ -320,6 +320,8 @@ def _add_bench(p):
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: every core)")
     p.add_argument("--eval", type=Path, default=None, help="LLaVA-format data: also measure accuracy")
     p.add_argument("--eval-limit", type=int, default=None, help="questions of --eval to use")
+    p.add_argument("--self-timing", action="store_true", help="also time each phase by the engine's own clock "
+                   "(profiler / perf counters; a little slower): the JSON split's *_engine_self_ms")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("--plot", type=Path, default=None, help="write comparison plots here (PNG)")
@@ -337,7 +339,7 @@ def _run_bench(a):
 
     for out in (a.json, a.md, a.plot):
         check_file_out(out)
-    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit)
+    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit, a.self_timing)
     report = bench(a.bundles, cfg, device=open_device(a.device) if a.device else None)
     table = markdown(report)
     print(table)
