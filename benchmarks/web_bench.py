@@ -130,6 +130,11 @@ def logit_gap(bundle: Path, image_path: Path) -> tuple[float, float, bool]:
     return float(np.abs(py - web).max()), float(np.abs(py).max()), bool(np.argmax(py) == np.argmax(web))
 
 
+def _tok(rate: float) -> str:
+    """Tokens/s for the table: whole numbers for the tiny bundles, two significant digits below 10."""
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", action="append", type=Path, default=[], help="ONNX bundle dir (repeatable)")
@@ -173,7 +178,8 @@ def main() -> None:
     for r in rows:
         py, web = r["python"], r["page"]
         print(f"| {r['bundle']} | {r['threads']} | {py['ttftMs']:.1f} | {web['ttftMs']:.1f} | {web['firstTtftMs']:.1f} | "
-              f"{py['decodeTokS']:.0f} | {web['decodeTokS']:.0f} | {web['firstDecodeTokS']:.0f} | {r['decode_ratio']:.2f}× |")
+              f"{_tok(py['decodeTokS'])} | {_tok(web['decodeTokS'])} | {_tok(web['firstDecodeTokS'])} | "
+              f"{r['decode_ratio']:.2f}× |")
 
     gaps = {}
     for b in bundles:
