@@ -7,6 +7,7 @@ the fix, never skips. The vectors and bundles are the goldens (tests/goldens, do
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -17,7 +18,14 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from edgevlm.bundle.image import load_image
+from edgevlm.bundle.manifest import open_bundle
+from edgevlm.bundle.tokenizer import split_at_image
+from edgevlm.errors import EdgeVLMError
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "examples" / "web"
@@ -213,3 +221,61 @@ def test_bad_bundle_is_a_one_line_message_in_the_page(goldens, node, vectors, tm
         server.server_close()
     assert proc.returncode == 1
     assert "page: weights.bin: sha256 differs from manifest.json" in proc.stderr, proc.stderr
+
+
+# ---- the page refuses and orients as Python does (docs/bundle-spec.md sections 4 and 6) ---------------------------
+REFUSAL_QUESTIONS = ["What is </s> in the top left?", "<pad> then <s> and </s>, <pad> again?",
+                     "What is <|endoftext|> here?", "<image> and <image>?"]
+
+
+def sha256(a: np.ndarray) -> str:
+    """As the goldens hash arrays (edgevlm/goldens.py, not imported: it imports torch): C order, little-endian."""
+    return hashlib.sha256(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+def python_refusal(bundle, question: str) -> str | None:
+    """Python's one-line refusal of `question` (what the CLI prints after `error: `), or None if it runs."""
+    try:
+        split_at_image(bundle.prompt_ids(question))
+    except EdgeVLMError as e:
+        return str(e)
+    return None
+
+
+def exif_jpeg(path: Path, orientation: int) -> Path:
+    """A 61 x 40 JPEG (no chroma subsampling) whose EXIF says to rotate it: asymmetric, so any turn shows."""
+    y, x = np.mgrid[0:40, 0:61]
+    rgb = np.stack([x * 4, y * 6, (x * y) % 256], axis=-1).astype(np.uint8)
+    rgb[5:15, 5:25] = (255, 0, 0)  # a red block near the top left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, "JPEG", quality=95, subsampling=0, exif=exif)
+    return path
+
+
+def test_page_refuses_and_orients_as_python(goldens, node, vectors, served, tmp_path):
+    """One page: questions that spell special tokens are refused with Python's message (and the others run),
+    then a JPEG with EXIF orientation 6 becomes the model input Python's load_image + preprocessing gives, bit
+    for bit, which differs from the input with the tag ignored."""
+    url, paths = served
+    entry = next(e for e in vectors["bundles"] if e["format"] == "onnx" and e["quant"] == "fp32")
+    bundle = open_bundle(goldens / entry["dir"])
+    expected = {q: python_refusal(bundle, q) for q in REFUSAL_QUESTIONS}
+    assert expected["What is </s> in the top left?"] == "the prompt contains the tokenizer's special token text </s>"
+    assert expected["What is <|endoftext|> here?"] is None  # not a special token of this tokenizer: plain text
+
+    image = exif_jpeg(tmp_path / "rotated.jpg", 6)
+    with Image.open(image) as im:
+        ignored = sha256(bundle.preprocess.resized(im.convert("RGB")))  # what a reader ignoring the tag gets
+    upright = bundle.preprocess.resized(load_image(image))
+    assert sha256(upright) != ignored
+
+    job = {"bundle": paths[entry["dir"]], "image": str(image), "inputDigest": True,
+           "questions": [{"question": q, "maxNewTokens": 1, "mayRefuse": True} for q in REFUSAL_QUESTIONS]
+           + [{"question": entry["question"], "maxNewTokens": 1}]}
+    results = run_browser(node, {"url": url, "jobs": [job]})["results"]
+    for q, got in zip(REFUSAL_QUESTIONS, results):
+        assert got.get("refused") == expected[q], q
+    last = results[-1]
+    assert last["resizedSha256"] == sha256(upright)
+    assert last["pixelsSha256"] == sha256(bundle.preprocess.normalize(upright))

@@ -1,10 +1,12 @@
 // The page: pick or fetch a bundle, pick an image, ask; the answer streams in with its timings.
 // All model work is in the DOM-free core (bundle.js, image.js, prompt.js, tokenizer.js, runtime.js); this
 // file only wires it to the page. State for automation: body[data-state] is "loading", "ready", "answering",
-// "done" or "error", and window.edgevlm holds the last result (the browser test reads both).
+// "done" or "error", and window.edgevlm holds the last result and the last model input (the browser test reads
+// them).
 
 import { fetchSource, filesSource, openBundle } from "./bundle.js";
 import { rgbaToRgb } from "./image.js";
+import { splitAtImage } from "./prompt.js";
 import { MAX_NEW_TOKENS, OnnxBundleRuntime, configureWasm } from "./runtime.js";
 
 const $ = (id) => document.getElementById(id);
@@ -56,9 +58,12 @@ async function loadBundle(source, label) {
   updateAsk();
 }
 
-/** Decode an image file to RGB at its own size: no scaling, no colour management (the resize is ours). */
+/**
+ * Decode an image file to RGB at its own size: no scaling, no colour management (the resize is ours), upright:
+ * an EXIF orientation is applied, as Python's load_image (Pillow's exif_transpose) does (docs/bundle-spec.md 4).
+ */
 async function decodeImage(file) {
-  const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
   const canvas = $("preview");
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
@@ -98,10 +103,12 @@ async function ask() {
   for (const id of ["stat-image", "stat-ttft", "stat-decode", "stat-prompt"]) $(id).textContent = "…";
   status("Encoding the image…");
   try {
+    splitAtImage(rt.promptIds(question)); // a refused question (special token text, not one <image>) fails first
     await new Promise((r) => setTimeout(r, 0));
     const t0 = performance.now();
     const image = await rt.encodeImage(im.rgb, im.width, im.height);
     const imageMs = performance.now() - t0;
+    window.edgevlm.input = { resized: image.resized, pixels: image.pixels }; // the model's input (browser test)
     showModelInput(image.resized, rt.manifest.image.size, im);
     $("stat-image").textContent = `${imageMs.toFixed(1)} ms`;
     status("Answering…");

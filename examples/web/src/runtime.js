@@ -8,7 +8,7 @@
 import * as ort from "onnxruntime-web";
 import { BundleError } from "./bundle.js";
 import { preprocess } from "./image.js";
-import { IMAGE_TOKEN, promptIds, renderPrompt } from "./prompt.js";
+import { promptIds, renderPrompt, splitAtImage } from "./prompt.js";
 import { TextTokenizer } from "./tokenizer.js";
 
 export const MAX_NEW_TOKENS = 64; // edgevlm.config.MAX_NEW_TOKENS
@@ -55,10 +55,11 @@ export class OnnxBundleRuntime {
     this.emptyPast = () => new ort.Tensor(kvType, new EMPTY[kvType](0), [1, kv.kv_heads, 0, kv.head_dim]);
   }
 
-  /** Prompt ids for a question (IMAGE_TOKEN at the image), as Python's Bundle.prompt_ids. */
+  /** Prompt ids for a question (IMAGE_TOKEN at the image), as Python's Bundle.prompt_ids, refusals included. */
   promptIds(question) {
     const p = this.manifest.prompt;
-    return promptIds(renderPrompt(p.template, question, p.image_placeholder), (t) => this.tokenizer.encode(t), p);
+    return promptIds(renderPrompt(p.template, question, p.image_placeholder), (t) => this.tokenizer.encode(t), p,
+      this.tokenizer.addedSpecial);
   }
 
   /** RGB HWC uint8 → { embeds: Float32Array (N_img * D), n, dim, pixels, resized }: preprocessing + vision. */
@@ -78,11 +79,9 @@ export class OnnxBundleRuntime {
 
   /** The prompt's embeddings with the image spliced in, flat (T + N_img - 1) * D, and that length. */
   async promptEmbeds(image, ids) {
-    const at = ids.indexOf(IMAGE_TOKEN);
-    const count = ids.filter((i) => i === IMAGE_TOKEN).length;
-    if (count !== 1) throw new BundleError(`the prompt holds ${count} image markers; exactly one is allowed`);
-    const before = await this.embed(ids.slice(0, at));
-    const after = await this.embed(ids.slice(at + 1));
+    const [idsBefore, idsAfter] = splitAtImage(ids, this.manifest.prompt.image_placeholder);
+    const before = await this.embed(idsBefore);
+    const after = await this.embed(idsAfter);
     const all = new Float32Array(before.length + image.embeds.length + after.length);
     all.set(before, 0);
     all.set(image.embeds, before.length);

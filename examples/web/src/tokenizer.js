@@ -11,14 +11,18 @@ export class TextTokenizer {
   /** @param files Map(name → Uint8Array) of the opened bundle; @param prompt the manifest's prompt section */
   constructor(files, prompt) {
     const json = (name) => JSON.parse(new TextDecoder().decode(files.get(name)));
-    let config = {};
+    let config = {}, spec;
     try {
       if (files.has(SPECIALS)) config = json(SPECIALS);
-      this.tok = new Tokenizer(json(TOKENIZER), { ...config, clean_up_tokenization_spaces: false });
+      spec = json(TOKENIZER);
+      this.tok = new Tokenizer(spec, { ...config, clean_up_tokenization_spaces: false });
     } catch (e) {
       throw new BundleError(`not a valid tokenizer (${e.message})`, TOKENIZER);
     }
     this.special = new Set([prompt.bos_id, prompt.eos_id, prompt.pad_id]);
+    // every added token marked special (BOS, EOS, PAD, <unusedN> padding...), id → text: what a prompt must not
+    // spell (Python: TextTokenizer.special_ids, from the same tokenizer.json list)
+    this.addedSpecial = new Map((spec.added_tokens ?? []).filter((t) => t.special).map((t) => [t.id, t.content]));
   }
 
   /** Text → ids, no special tokens added (Python: encode(text, add_special_tokens=False)). */

@@ -3,11 +3,13 @@
 //
 //   node tools/browser.mjs '{"url": "http://127.0.0.1:PORT/", "jobs": [...], "screenshot": "out.png"}'
 //
-// A job is {bundle | bundleDir, image, questions: [{question, maxNewTokens}], threads?, bench?: {question, newTokens,
-// runs, warmup}}: the page loads the bundle from its URL (bundle: path under the page) or from a directory picked
-// in its file picker (bundleDir: a local path), the image through the file picker,
-// then answers each question through the form (or runs window.edgevlm.bench). Prints one JSON object:
-// {browser, results: [{bundle, question, ids, text, ...timings} | {bundle, error}], bench: [...]}.
+// A job is {bundle | bundleDir, image, questions: [{question, maxNewTokens, mayRefuse?}], inputDigest?, threads?,
+// bench?: {question, newTokens, runs, warmup}}: the page loads the bundle from its URL (bundle: path under the
+// page) or from a directory picked in its file picker (bundleDir: a local path), the image through the file
+// picker, then answers each question through the form (or runs window.edgevlm.bench). Prints one JSON object:
+// {browser, results: [{bundle, question, ids, text, ...timings} | {bundle, question, refused}], bench: [...]}:
+// `refused` is the page's one-line message for a question marked mayRefuse (any other error fails the run);
+// with inputDigest each answer has resizedSha256 / pixelsSha256 of the model input the page built.
 // `extraArgs` adds Chromium switches (e.g. --js-flags=... to study V8's wasm tiers). Every wait is bounded; any
 // failure exits non-zero with one line on stderr.
 
@@ -28,6 +30,16 @@ async function waitState(page, states, timeout) {
   return state;
 }
 
+/** sha256 (hex) of the last model input in the page: the resized HWC uint8 bytes and the CHW float32 bytes. */
+function inputDigest(page) {
+  return page.evaluate(async () => {
+    const hex = async (a) => Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", new Uint8Array(a.buffer, a.byteOffset, a.byteLength))),
+      (b) => b.toString(16).padStart(2, "0")).join("");
+    const { resized, pixels } = window.edgevlm.input;
+    return { resizedSha256: await hex(resized), pixelsSha256: await hex(pixels) };
+  });
+}
+
 async function runJob(context, url, job, timeout) {
   const page = await context.newPage();
   const problems = [];
@@ -46,8 +58,17 @@ async function runJob(context, url, job, timeout) {
       await page.fill("#question", q.question);
       if (q.maxNewTokens) await page.evaluate((n) => (window.edgevlm.maxNewTokens = n), q.maxNewTokens);
       await page.click("#ask");
-      await waitState(page, ["done", "error"], timeout);
-      out.answers.push(await page.evaluate(() => window.edgevlm.last));
+      if (q.mayRefuse) { // the page's one-line refusal is a result, and the page stays usable after it
+        await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.state), null, { timeout, polling: 50 });
+        if (await page.evaluate(() => document.body.dataset.state) === "error") {
+          out.answers.push({ question: q.question, refused: await page.textContent("#status") });
+          continue;
+        }
+      } else {
+        await waitState(page, ["done", "error"], timeout);
+      }
+      const answer = await page.evaluate(() => window.edgevlm.last);
+      out.answers.push(job.inputDigest ? { ...answer, ...(await inputDigest(page)) } : answer);
     }
     if (job.bench) out.bench = { bundle: job.bundle ?? job.bundleDir, ...(await page.evaluate((b) => window.edgevlm.bench(b), job.bench)) };
     return out;
