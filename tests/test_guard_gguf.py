@@ -5,12 +5,12 @@ on the parity slice (103 questions).
 Measured (2-core x86, 2026-12-02): q4_0 answers 0.204 vs PyTorch 0.223 (drop 0.019, 2 questions; 95 % of answers
 identical); the guard, at D = 0, measured each part kept alone (vision tower F16: 0.019, token embedding Q8_0:
 0.010, first layer: 0.019, middle layers: 0.010, last layer: 0.019; the LM head is Q8_0 already), then kept the
-token embedding and the middle layers: 0.223, drop 0. The kept parts are Q8_0 (text, llama.cpp's tensor-type overrides) or F16 (mmproj) in the files read
-back, and the bundle passes its hash checks and runs in llama.cpp (the guard's own verification). The before /
-after lines print with `pytest -s` or `-rP`.
+token embedding and the middle layers: 0.223, drop 0. The kept parts are Q8_0 (text, llama.cpp's tensor-type
+overrides) or F16 (mmproj) in the files read back, and the bundle passes its hash checks and runs in llama.cpp
+(the guard's own verification). The before / after lines print with `pytest -s` or `-rP`.
 
-Cost: ~16 s (1 + 5 exports and verifications and the keeper's probe for the guard, one for --strict), besides the
-shared `trained_model_dir` fixture.
+Cost: ~16 s (1 + 5 + 1 exports and verifications and the keeper's unverified probe for the guard, one for
+--strict), besides the shared `trained_model_dir` fixture.
 """
 
 from __future__ import annotations
