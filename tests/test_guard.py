@@ -106,7 +106,7 @@ def test_defaults_and_refusals(tiny_model_dir, tmp_path, capsys):
     assert ExportConfig("gguf", "q4_0", strict=True).max_drop == 0.02
     assert set(onnx_export.EXPORTER.guard_parts) <= set(PARTS)
     for argv, needle in [
-        (["--format", "gguf", "--quant", "q4_0", "--max-drop"], "gguf export has no mechanism yet"),
+        (["--format", "executorch", "--quant", "int4", "--max-drop"], "executorch export has no mechanism yet"),
         (["--format", "onnx", "--quant", "int2", "--max-drop", "0.02", "--verify-limit", "0"], "need the accuracy"),
         (["--format", "onnx", "--quant", "int2", "--max-drop", "2"], "must be an accuracy difference in [0, 1]"),
         (["--format", "onnx", "--quant", "int2", "--max-drop", "x"], "takes an accuracy difference"),

@@ -21,7 +21,11 @@ llama.cpp splits a VLM in two GGUF files (format: https://github.com/ggml-org/gg
   has Phi-2's layer (README: "GGUF: what llama.cpp cannot run"), so that is refused in one line. Quantized
   schemes are made by llama.cpp's own quantizer (`llama_model_quantize`, its standard Q8_0 / Q4_0 / Q4_K_M
   mixes) from a float32 file; each tensor it had to give another type because its rows do not fit the type's
-  block (Q4_K needs rows that are a multiple of 256) is read from its log into the manifest.
+  block (Q4_K needs rows that are a multiple of 256) is read from its log into the manifest. The accuracy guard
+  (edgevlm/export/guard.py) keeps parts higher per tensor: the text parts through the quantizer's tensor-type
+  overrides (`tt_overrides`, a name regex → type, as `llama-quantize --tensor-type` passes them) at Q8_0, the
+  vision tower's mmproj matrices at F16; llama.cpp reads mixed-type files natively (Q4_K_M is one), so a guarded
+  bundle runs in stock llama.cpp (`GGUFKeeper`).
 - `mmproj-<quant>.gguf`: see edgevlm/export/gguf_vision.py.
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import gguf
@@ -38,7 +43,7 @@ import torch
 
 from edgevlm.bundle.tokenizer import TextTokenizer
 from edgevlm.errors import EdgeVLMError
-from edgevlm.export.base import Exporter
+from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.decoder import arch_spec, head_dim, rotary_dims
 from edgevlm.export.gguf_vision import clip_projector, write_mmproj
 from edgevlm.models.archs import ARCHS, GGUFMoE, GGUFSpec, Norm
@@ -90,10 +95,11 @@ def llama_cpp_arch(model) -> str:
     return moe.arch if moe else gguf_spec(model.cfg.llm.arch).arch
 
 
-def write(model, scheme: Scheme, out_dir: Path) -> dict:
-    """Write `model-<quant>.gguf` + `mmproj-<quant>.gguf` into `out_dir`; return the manifest's runtime fields."""
+def write(model, scheme: Scheme, out_dir: Path, keep: frozenset[str] = frozenset()) -> dict:
+    """Write `model-<quant>.gguf` + `mmproj-<quant>.gguf` into `out_dir`; return the manifest's runtime fields.
+    `keep`: guard parts (`GGUFKeeper.parts`) written at `TEXT_KEPT` / `MMPROJ_KEPT` instead of the scheme's type."""
     text_ftype = TEXT_FILE_TYPES[scheme.text_decoder.mechanism]
-    vision_type = MMPROJ_TYPES[scheme.vision_encoder.mechanism]
+    vision_type = MMPROJ_KEPT if "vision_encoder" in keep else MMPROJ_TYPES[scheme.vision_encoder.mechanism]
     check_exportable(model)
     text, mmproj = f"model-{scheme.name}.gguf", f"mmproj-{scheme.name}.gguf"
     if text_ftype == FT.MOSTLY_F16:
@@ -102,7 +108,9 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
     else:
         master = out_dir / f".{text}.f32"
         write_text_model(model, master, f16=False)
-        fallbacks = quantize_text_model(master, out_dir / text, text_ftype)
+        patterns = part_patterns(model.cfg.llm.num_layers)
+        fallbacks = quantize_text_model(master, out_dir / text, text_ftype,
+                                        overrides={patterns[p]: TEXT_KEPT for p in sorted(keep) if p in patterns})
         master.unlink()
     moe = moe_graph(model)
     vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, vision_type,
@@ -280,8 +288,12 @@ _FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+(\d
                        r".*?-> falling back to\s+(\S+)", re.S)
 
 
-def quantize_text_model(src: Path, dst: Path, ftype: FT, threads: int = 0) -> list[dict]:
-    """llama.cpp's quantizer on `src` → `dst`; returns the per-tensor fallbacks it logged."""
+def quantize_text_model(src: Path, dst: Path, ftype: FT, threads: int = 0,
+                        overrides: dict[str, gguf.GGMLQuantizationType] | None = None) -> list[dict]:
+    """llama.cpp's quantizer on `src` → `dst`; returns the per-tensor fallbacks it logged.
+
+    `overrides`: tensor-name regex → the type every matching weight matrix gets instead of the mix's (llama.cpp
+    applies the first match, to tensors it quantizes at all: norms and MoE routers stay F32)."""
     import llama_cpp
 
     from edgevlm.engines.llamacpp import llama_log
@@ -289,6 +301,11 @@ def quantize_text_model(src: Path, dst: Path, ftype: FT, threads: int = 0) -> li
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
     params.nthread = threads
+    if overrides:  # a NULL-terminated array of {pattern, type}; kept referenced until the call returns
+        table = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for entry, (pattern, qtype) in zip(table, overrides.items()):
+            entry.pattern, entry.type = pattern.encode(), int(qtype)
+        params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     with llama_log() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
@@ -302,9 +319,63 @@ def file_tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
 
 
+# ---- the accuracy guard (export.guard): parts kept at a higher type, per tensor ---------------------------------
+TEXT_KEPT, MMPROJ_KEPT = Q8_0, F16  # a kept text part's weight matrices; a kept vision tower's (mmproj) matrices
+
+
+def part_patterns(num_layers: int) -> dict[str, str]:
+    """Text guard parts → the regex of their tensors' names in the text GGUF (a llama.cpp tensor-type override)."""
+    last = num_layers - 1
+    patterns = {"token_embedding": r"^token_embd\.weight$", "lm_head": r"^output\.weight$",
+                "first_layer": r"^blk\.0\."}
+    if last > 1:
+        patterns["middle_layers"] = rf"^blk\.({'|'.join(str(i) for i in range(1, last))})\."
+    if last > 0:
+        patterns["last_layer"] = rf"^blk\.{last}\."
+    return patterns
+
+
+def bits(type_name: str) -> float:
+    """Bits per weight of a GGML type (Q8_0: 8.5, Q6_K: 6.56, Q4_0: 4.5)."""
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    return 8 * size / block
+
+
+def keepable_parts(model, scheme: Scheme, text_types: dict[str, str]) -> dict[str, str]:
+    """Guard parts the scheme writes below their kept type → what they get kept. `text_types`: tensor → type of
+    the unguarded text GGUF, where llama.cpp's mix and its fallbacks decided (an LM head it already gives Q8_0
+    because its rows fit no k-quant is not offered)."""
+    parts = {}
+    if bits(MMPROJ_TYPES[scheme.vision_encoder.mechanism].name) < bits(MMPROJ_KEPT.name):
+        parts["vision_encoder"] = f"{MMPROJ_KEPT.name} (mmproj weight matrices)"
+    for part, pattern in part_patterns(model.cfg.llm.num_layers).items():
+        if any(re.search(pattern, name) and bits(t) < bits(TEXT_KEPT.name) for name, t in text_types.items()):
+            parts[part] = TEXT_KEPT.name
+    return parts
+
+
+class GGUFKeeper(Keeper):
+    """Writes the unguarded bundle once, aside, to read which parts llama.cpp's mix left below `TEXT_KEPT`; each
+    write quantizes with the kept parts' tensor-type overrides."""
+
+    def __init__(self, model, scheme: Scheme):
+        self.model, self.scheme = model, scheme
+        with tempfile.TemporaryDirectory() as d:
+            fields = write(model, scheme, Path(d))
+        self.parts = keepable_parts(model, scheme, fields["tensor_types"][fields["text_model"]])
+
+    def write(self, out_dir: Path, keep: frozenset[str]) -> dict:
+        return write(self.model, self.scheme, out_dir, keep)
+
+
 class GGUF(Exporter):
+    guard_parts = ("vision_encoder", "token_embedding", "lm_head", "first_layer", "middle_layers", "last_layer")
+
     def write(self, model, scheme: Scheme, out_dir: Path) -> dict:
         return write(model, scheme, out_dir)
+
+    def keeper(self, model, scheme: Scheme) -> Keeper:
+        return GGUFKeeper(model, scheme)
 
     def mechanism(self, part: str, name: str):
         """The mmproj's tensor type for the vision encoder; the text model's file type for the other parts."""
