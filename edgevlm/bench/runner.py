@@ -64,8 +64,9 @@ def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: 
             for position, i in enumerate(indices):
                 req = _request({**asdict(cfg), "image": image, "threads": threads,
                                 "eval": cfg.eval if r == 0 else None})  # accuracy once: it does not vary
-                bandwidth = device.bandwidth(threads) if device is not None else measure_bandwidth(threads)
                 row = device.measure(bundles[i], req) if device is not None else _measure(bundles[i], req, Path(tmp))
+                # right after it (on a phone, `measure` is what puts the runner there)
+                bandwidth = device.bandwidth(threads) if device is not None else measure_bandwidth(threads)
                 got[i] = with_roofline({**_with_kv(bundles[i], row, device), "position": position}, bandwidth)
                 bar.update()
             per_round.append([got[i] for i in range(len(bundles))])
@@ -86,16 +87,19 @@ def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: 
 
 
 def _with_kv(bundle: Path, row: dict, device: Device | None) -> dict:
-    """The KV-cache bytes per token, where the result lacks them (the native runner's): read from the bundle on
-    this host. An emulated device's timings are dropped here, before any figure is made of them."""
+    """The bytes per token the result lacks or only estimates (the native runner's: no KV bytes, an estimate for
+    a .pte), read from the bundle on this host. An emulated device's timings are dropped here, before any figure
+    is made of them."""
+    from edgevlm.bench.weights import decode_bytes_per_token, kv_bytes_per_token
+    from edgevlm.bundle.manifest import open_bundle
+
     if device is not None and device.emulated:
         _drop_timings(row)
     if "decode_kv_bytes" not in row:
-        from edgevlm.bench.weights import kv_bytes_per_token
-        from edgevlm.bundle.manifest import open_bundle
-
         row["decode_kv_bytes"], row["decode_kv_bytes_from"] = kv_bytes_per_token(
             open_bundle(bundle), row["prefill_tokens"], row["decode_tokens"])
+    if row.get("decode_weight_bytes_from") == "estimate":
+        row["decode_weight_bytes"], row["decode_weight_bytes_from"] = decode_bytes_per_token(open_bundle(bundle))
     return row
 
 
