@@ -53,10 +53,11 @@ and made to generate; no comparison with PyTorch at this size). `llamacpp-ref-*`
 llama.cpp's own `convert_hf_to_gguf.py` and quantized by llama.cpp's quantizer, run with our mmproj in the same
 runtime code: the speed our GGUF export must match.
 
-Each number is the median over the runs after one warm-up run (± half the range). Decode is measured
-separately from prefill; TTFT = image encode + prefill. The roofline is the decode bound from memory bandwidth:
-the machine's copy bandwidth (measured in the same run) ÷ the bytes of weights one decoded token reads (from the
-GGUF / ONNX file; estimated from the parameter count for ExecuTorch); KV-cache reads are not counted in it."""
+Each number is the median over the runs after one warm-up run (± half the range); with `--rounds`, the median
+over interleaved rounds of each round's median. Decode is measured separately from prefill; TTFT is image
+encode plus prefill. The roofline is the decode bound from memory bandwidth: the machine's copy bandwidth (read
+beside each measurement) ÷ the bytes one decoded token reads: the LLM's weights (from the GGUF / ONNX file and
+the ExecuTorch program) plus the KV cache at the decoded tokens' mean position (every layer's keys and values)."""
 
 
 # what follows this line in docs/benchmarks.md was written by other scripts or by hand, and is kept as it is
@@ -121,7 +122,8 @@ def results_section(main: dict, absent: list[str]) -> str:
         ratio = (f"{r['decode_tok_s']['median'] / ref['decode_tok_s']['median']:.2f}× "
                  f"({Path(ref['bundle']).name.removeprefix('llamacpp-ref-')})" if ref else "–")
         bound = f"{r['roofline_tok_s']:.1f}" if r["roofline_tok_s"] else "–"
-        pct = (f"{r['roofline_pct']:.0f}% ({r['decode_weight_bytes'] / 1e9:.2f} GB/token, "
+        per_token = r["decode_weight_bytes"] + (r.get("decode_kv_bytes") or 0)  # weights + KV cache
+        pct = (f"{r['roofline_pct']:.0f}% ({per_token / 1e9:.2f} GB/token, "
                f"{r['decode_weight_bytes_from']})") if r["roofline_pct"] is not None else "–"
         lines.append(
             f"| {Path(r['bundle']).name} | {r['runtime']} {r['runtime_version']} | {r['scheme']} "

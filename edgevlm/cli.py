@@ -316,7 +316,9 @@ def _add_bench(p):
     p.add_argument("--image", type=Path, default=None, help="image to ask about (default: a `shapes` image)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--new-tokens", type=int, default=32, help="tokens decoded per run (EOS does not stop it)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per bundle, after one warm-up run")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per bundle and round, after one warm-up run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds: each measures every bundle once "
+                   "(rotated order), beside a bandwidth reading; figures are medians over rounds")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: every core)")
     p.add_argument("--eval", type=Path, default=None, help="LLaVA-format data: also measure accuracy")
     p.add_argument("--eval-limit", type=int, default=None, help="questions of --eval to use")
@@ -339,7 +341,8 @@ def _run_bench(a):
 
     for out in (a.json, a.md, a.plot):
         check_file_out(out)
-    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit, a.self_timing)
+    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit, a.self_timing,
+                      a.rounds)
     report = bench(a.bundles, cfg, device=open_device(a.device) if a.device else None)
     table = markdown(report)
     print(table)

@@ -12,7 +12,11 @@ from pathlib import Path
 import gguf
 import pytest
 
+from edgevlm.bench.report import markdown
+from edgevlm.bench.rounds import schedule
 from edgevlm.bench.runner import DEFAULT_PROMPT, BenchConfig, bench
+from edgevlm.bench.weights import decode_bytes_per_token, kv_bytes_per_token
+from edgevlm.bundle.manifest import open_bundle
 from edgevlm.bench.worker import time_split
 from edgevlm.bundle.image import load_image
 from edgevlm.bundle.tokenizer import TextTokenizer
@@ -109,10 +113,39 @@ def check_against_own_clock(split: dict, fmt: str) -> None:
             assert unseen >= 0, where
 
 
+def check_rounds(report: dict, bundles: list) -> None:
+    """Interleaved rounds: rotated order, a bandwidth reading beside each measurement, and each round's roofline
+    and ratios from that round's own figures (a ratio of medians would pass for two rounds only by chance)."""
+    assert [r["order"] for r in report["rounds"]] == [[str(b) for b in bundles], [str(b) for b in bundles[::-1]]]
+    first, second = report["results"]
+    for b, row in enumerate(report["results"]):
+        assert [r["position"] for r in row["rounds"]] == [b, 1 - b]
+        for r, rnd in enumerate(row["rounds"]):
+            bandwidth = report["rounds"][r]["bandwidth_bytes_s"][rnd["position"]]
+            assert bandwidth > 0 and rnd["bandwidth_bytes_s"] == bandwidth
+            bound = bandwidth / (row["decode_weight_bytes"] + row["decode_kv_bytes"])
+            assert rnd["roofline_pct"] == pytest.approx(100 * rnd["decode_tok_s"] / bound)
+        assert row["decode_tok_s"]["rounds"] == 2 and row["roofline_pct"] == row["roofline"]["pct"]["median"]
+    per_round = [s["decode_tok_s"] / f["decode_tok_s"] for f, s in zip(first["rounds"], second["rounds"])]
+    assert second["ratios"]["decode_vs_first"]["median"] == pytest.approx(sum(per_round) / 2)
+    assert first["ratios"]["decode_vs_first"]["median"] == 1
+    assert min(r["ratios"]["ttft_vs_best"]["min"] for r in report["results"]) == pytest.approx(1)
+    assert "decode ÷ first" in markdown(report)
+
+
+def test_schedule_rotates_every_bundle_through_every_position():
+    order = schedule(3, 3)
+    assert order == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    assert all(sorted(col) == [0, 1, 2] for col in zip(*order))
+
+
 def test_bench_engine_time_agrees_with_the_engines_own_clock(big_vocab_bundle):
     _, result = big_vocab_bundle
-    report = bench([result.path, GOLDEN_BUNDLES / "onnx-fp32"],
-                   BenchConfig(new_tokens=8, runs=RUNS, threads=1, self_timing=True), progress=False)
+    bundles = [result.path, GOLDEN_BUNDLES / "onnx-fp32"]
+    report = bench(bundles, BenchConfig(new_tokens=8, runs=RUNS, threads=1, self_timing=True, rounds=2),
+                   progress=False)
+    check_rounds(report, bundles)
+    assert "AVX" in report["results"][0]["engine_build"]  # llama.cpp's system info: the build's CPU kernels
     gguf = report["results"][0]
     assert gguf["image_tokens"] == 144 and gguf["projector"] == "ldpv2"
     for r in report["results"]:
@@ -136,3 +169,28 @@ def test_self_timing_with_a_device_is_refused():
     with pytest.raises(EdgeVLMError, match="--self-timing"):
         bench([GOLDEN_BUNDLES / "onnx-fp32"], BenchConfig(self_timing=True), progress=False,
               device=open_device("local"))
+
+
+def test_kv_bytes_per_token_follow_the_cache_layout(big_vocab_bundle):
+    """Every layer's keys and values, F32 (our caches), at the decoded tokens' mean position; the same layout
+    read from each format's files of one model."""
+    model, result = big_vocab_bundle
+    llm = model.cfg.llm
+    per_position = llm.num_layers * 2 * llm.num_kv_heads * (llm.hidden_size // llm.num_heads) * 4
+    kv, source = kv_bytes_per_token(open_bundle(result.path), 150, 8)
+    assert kv == per_position * (150 + 4) and source.startswith(f"kv: {llm.num_layers} layers")
+    goldens = {kv_bytes_per_token(open_bundle(GOLDEN_BUNDLES / b), 150, 8)
+               for b in ("gguf-f16", "onnx-fp32", "executorch-fp32")}
+    assert len(goldens) == 1
+
+
+def test_executorch_decoder_bytes_are_read_from_the_program():
+    """fp32: the text decoder's parameters × 4 bytes (the program adds a few small constants); int4: within a few
+    % of the scheme's effective bits. The vision encoder's and the embedding table's bytes are not counted."""
+    fp32 = open_bundle(GOLDEN_BUNDLES / "executorch-fp32")
+    params = fp32.manifest["parameters"]["decoder_per_token"]
+    weight_bytes, source = decode_bytes_per_token(fp32)
+    assert source == "program" and weight_bytes == pytest.approx(4 * params, rel=0.01)
+    int4 = open_bundle(GOLDEN_BUNDLES / "executorch-int4")
+    bits = int4.manifest["quantization"]["bits"]
+    assert decode_bytes_per_token(int4)[0] == pytest.approx(params * bits / 8, rel=0.03)

@@ -93,7 +93,7 @@ def test_eval_and_bench_without_torch(bundles, blocker, tmp_path):
         normal = evaluate(load_runtime(bundles[fmt]), data, progress=False).predictions
         assert [p["prediction"] for p in blocked] == [p["prediction"] for p in normal] and len(normal) > 5
     report = tmp_path / "bench.json"
-    done = cli_blocked(blocker, "bench", str(bundles["onnx"]), str(bundles["gguf"]), "--runs", "1",
+    done = cli_blocked(blocker, "bench", str(bundles["onnx"]), str(bundles["gguf"]), "--runs", "1", "--rounds", "1",
                        "--new-tokens", "4", "--threads", "1", "--json", str(report))
     assert done.returncode == 0, done.stderr
     results = json.loads(report.read_text())["results"]

@@ -11,25 +11,27 @@ from edgevlm.io import atomic_file
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
-    bandwidth = report["bandwidth_bytes_s"]
-    head = (f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; copy bandwidth "
-            f"{f'{bandwidth / 1e9:.1f} GB/s' if bandwidth else '–'}; commit {report['git_commit']}; "
-            f"{report['config']['new_tokens']} new tokens, {report['config']['runs']} runs (median ±half-range)")
+    m, cfg = report["machine"], report["config"]
+    bw = report.get("bandwidth")
+    bandwidth = (f"{bw['median'] / 1e9:.1f} GB/s ({bw['min'] / 1e9:.1f}–{bw['max'] / 1e9:.1f}, one reading beside "
+                 "each measurement)" if bw else "–")
+    head = (f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; copy bandwidth {bandwidth}; commit "
+            f"{report['git_commit']}; {cfg['new_tokens']} new tokens, {cfg['runs']} runs × {cfg['rounds']} "
+            "interleaved rounds (median over rounds ±half-range); roofline = bandwidth ÷ (weight + KV bytes per "
+            "token); ratios taken within each round, vs the first bundle (decode, TTFT) and the round's best (TTFT)")
     rows = [
         "| bundle | runtime | scheme | MB | image ms | prefill tok/s | TTFT ms | decode tok/s | roofline tok/s "
-        "| % roofline | peak RSS MB | accuracy |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| % roofline | decode ÷ first | TTFT ÷ first | TTFT ÷ best | peak RSS MB | accuracy |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
-        bound = f"{r['roofline_tok_s']:.0f}" if r["roofline_tok_s"] else "–"
-        pct = f"{r['roofline_pct']:.0f}%" if r["roofline_pct"] is not None else "–"
+        ratios = [fmt(r["ratios"][k], 2) for k in ("decode_vs_first", "ttft_vs_first", "ttft_vs_best")]
         rows.append(
             f"| {Path(r['bundle']).name} | {r['runtime']} {r['runtime_version']} | {r['scheme']} "
             f"| {r['bytes_on_disk'] / 1e6:.2f} | {fmt(r['image_ms'])} | {fmt(r['prefill_tok_s'], 0)} "
-            f"| {fmt(r['ttft_ms'])} | {fmt(r['decode_tok_s'])} | {bound} | {pct} "
-            f"| {r['peak_rss_bytes'] / 1e6:.0f} | {acc} |"
+            f"| {fmt(r['ttft_ms'])} | {fmt(r['decode_tok_s'])} | {fmt(r['roofline']['tok_s'], 0)} "
+            f"| {fmt(r['roofline']['pct'], 0)} | {' | '.join(ratios)} | {r['peak_rss_bytes'] / 1e6:.0f} | {acc} |"
         )
     if m.get("emulated"):
         head += "\n\nEmulated target: correctness only (generated ids); its timings are not speed and are left out."

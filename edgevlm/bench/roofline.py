@@ -1,4 +1,5 @@
-"""The decode roofline: a decoded token reads every LLM weight once, so tokens/s ≤ bandwidth ÷ bytes per token.
+"""The decode roofline: a decoded token reads every LLM weight once and the KV cache up to its position, so
+tokens/s ≤ bandwidth ÷ bytes per token (weights.py counts both).
 
 Bandwidth is measured in the same run (a large array copy split over the benchmark's thread count: read +
 write bytes over time), as gpt-fast reports effective bandwidth beside its decode speed. numpy releases the GIL

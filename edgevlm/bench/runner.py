@@ -1,10 +1,12 @@
-"""`edgevlm bench`: measure bundles one process each, beside the machine's measured decode roofline."""
+"""`edgevlm bench`: measure bundles one process each, in interleaved rounds, beside the machine's measured decode
+roofline."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,8 @@ from tqdm import tqdm
 
 import edgevlm
 from edgevlm.bench.devices import Device, host_facts
-from edgevlm.bench.roofline import decode_bound, measure_bandwidth
+from edgevlm.bench.roofline import measure_bandwidth
+from edgevlm.bench.rounds import combine, schedule, spread, with_roofline
 from edgevlm.errors import EdgeVLMError
 
 DEFAULT_PROMPT = "What is in the top left?"
@@ -35,39 +38,69 @@ class BenchConfig:
     # also time each phase by the engine's own clock (ONNX Runtime profiling, llama.cpp perf counters, ExecuTorch
     # ETDump): `split.PHASE_engine_self_ms`; the profilers cost time, so the other timings are a little slower
     self_timing: bool = False
+    rounds: int = 1  # each bundle measured once per round, interleaved, beside a bandwidth reading (rounds.py);
+    # `edgevlm bench` defaults to 5; 1 for callers that interleave on their own (benchmarks/native_vs_python.py)
 
 
 def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: Device | None = None) -> dict:
-    """Measure every bundle in its own process, then the memory bandwidth; the report as one dict. With a
-    `device` (devices.py), the native runner measures on that target instead of the Python runtimes."""
+    """Measure the bundles in rounds (rounds.py): each round measures every bundle once, each in its own process
+    and beside a bandwidth reading of its own; the report as one dict. With a `device` (devices.py), the native
+    runner measures on that target instead of the Python runtimes."""
     if device is not None and cfg.eval is not None:
         raise EdgeVLMError("--eval measures accuracy with the host's Python runtimes, not with --device")
     if device is not None and cfg.self_timing:
         raise EdgeVLMError("--self-timing reads the host's Python runtimes' engine clocks, not --device's")
+    if cfg.rounds < 1:
+        raise EdgeVLMError(f"--rounds must be at least 1, not {cfg.rounds}")
     facts = device.facts() if device is not None else None
     threads = cfg.threads or (facts or {}).get("cores") or os.cpu_count()
-    with tempfile.TemporaryDirectory() as tmp:
+    order = schedule(len(bundles), cfg.rounds)
+    per_round: list[list[dict]] = []
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=cfg.rounds * len(bundles), desc="bench",
+                                                    disable=not progress) as bar:
         image = cfg.image or _default_image(Path(tmp))
-        rows = []
-        for b in tqdm(bundles, desc="bench", disable=not progress):
-            req = _request({**asdict(cfg), "image": image, "threads": threads})
-            rows.append(device.measure(b, req) if device is not None else _measure(b, req, Path(tmp)))
-    bandwidth = device.bandwidth(threads) if device is not None else measure_bandwidth(threads)
-    for r in rows:
-        if device is not None and device.emulated:
-            _drop_timings(r)
-        bound = decode_bound(bandwidth, r["decode_weight_bytes"]) if bandwidth else None
-        r["roofline_tok_s"] = bound
-        r["roofline_pct"] = 100 * r["decode_tok_s"]["median"] / bound if bound and r["decode_tok_s"] else None
+        for r, indices in enumerate(order):
+            got: dict[int, dict] = {}
+            for position, i in enumerate(indices):
+                req = _request({**asdict(cfg), "image": image, "threads": threads,
+                                "eval": cfg.eval if r == 0 else None})  # accuracy once: it does not vary
+                row = device.measure(bundles[i], req) if device is not None else _measure(bundles[i], req, Path(tmp))
+                # right after it (on a phone, `measure` is what puts the runner there)
+                bandwidth = device.bandwidth(threads) if device is not None else measure_bandwidth(threads)
+                got[i] = with_roofline({**_with_kv(bundles[i], row, device), "position": position}, bandwidth)
+                bar.update()
+            per_round.append([got[i] for i in range(len(bundles))])
+    readings = [[per_round[r][i]["bandwidth_bytes_s"] for i in indices] for r, indices in enumerate(order)]
+    flat = [x for rnd in readings for x in rnd if x is not None]
     return {
         "machine": {**facts, "threads": threads, "device": device.target} if device is not None else machine(threads),
-        "bandwidth_bytes_s": bandwidth,
+        "bandwidth_bytes_s": statistics.median(flat) if flat else None,
+        "bandwidth": spread(flat) if flat else None,
+        "rounds": [{"order": [str(bundles[i]) for i in indices], "bandwidth_bytes_s": bw}
+                   for indices, bw in zip(order, readings)],
         "config": {**asdict(cfg), "image": str(cfg.image or "generated shapes eval image"), "threads": threads},
         "edgevlm_version": edgevlm.__version__,
         "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "results": rows,
+        "results": combine(bundles, per_round),
     }
+
+
+def _with_kv(bundle: Path, row: dict, device: Device | None) -> dict:
+    """The bytes per token the result lacks or only estimates (the native runner's: no KV bytes, an estimate for
+    a .pte), read from the bundle on this host. An emulated device's timings are dropped here, before any figure
+    is made of them."""
+    from edgevlm.bench.weights import decode_bytes_per_token, kv_bytes_per_token
+    from edgevlm.bundle.manifest import open_bundle
+
+    if device is not None and device.emulated:
+        _drop_timings(row)
+    if "decode_kv_bytes" not in row:
+        row["decode_kv_bytes"], row["decode_kv_bytes_from"] = kv_bytes_per_token(
+            open_bundle(bundle), row["prefill_tokens"], row["decode_tokens"])
+    if row.get("decode_weight_bytes_from") == "estimate":
+        row["decode_weight_bytes"], row["decode_weight_bytes_from"] = decode_bytes_per_token(open_bundle(bundle))
+    return row
 
 
 # what an emulated run (qemu) must not report: its timings say nothing about any real device's speed

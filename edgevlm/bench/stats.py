@@ -11,7 +11,7 @@ def summarize(values: list[float]) -> dict:
 
 
 def fmt(s: dict | None, digits: int = 1) -> str:
-    """`median ±half-range` for Markdown tables; '–' when not measured."""
+    """`median ±half-range` for Markdown tables (a summary over runs or over rounds); '–' when not measured."""
     if not s:
         return "–"
     return f"{s['median']:.{digits}f} ±{(s['max'] - s['min']) / 2:.{digits}f}"

@@ -12,7 +12,7 @@ import time
 from importlib import metadata
 
 from edgevlm.bench.stats import summarize
-from edgevlm.bench.weights import decode_bytes_per_token
+from edgevlm.bench.weights import decode_bytes_per_token, kv_bytes_per_token
 from edgevlm.bundle.image import load_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.runtimes.base import PHASES
@@ -20,6 +20,16 @@ from edgevlm.runtimes.base import PHASES
 # bundle format → the distribution whose version names the engine
 ENGINE_PACKAGES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime", "executorch": "executorch",
                    "coreml": "coremltools"}
+
+
+def _llama_cpp_build() -> str:
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode().strip()
+
+
+# bundle format → what the engine's build says about itself (which CPU kernels it has)
+BUILD_FACTS = {"gguf": _llama_cpp_build}
 
 
 def measure(req: dict) -> dict:
@@ -36,6 +46,7 @@ def measure(req: dict) -> dict:
     own = runtime.engine_self_ms()[req["warmup"]:] if self_timing else None  # ends the engine's profiling
     bundle = runtime.bundle
     weight_bytes, weight_source = decode_bytes_per_token(bundle)
+    kv_bytes, kv_source = kv_bytes_per_token(bundle, runs[0].prefill_tokens, runs[0].decode_tokens)
     result = {
         "bundle": str(bundle.path),
         "format": bundle.format,
@@ -47,6 +58,8 @@ def measure(req: dict) -> dict:
         "bytes_on_disk": sum(f["bytes"] for f in bundle.manifest["files"].values()),
         "decode_weight_bytes": weight_bytes,
         "decode_weight_bytes_from": weight_source,
+        "decode_kv_bytes": kv_bytes,
+        "decode_kv_bytes_from": kv_source,
         "load_ms": load_ms,
         "prefill_tokens": runs[0].prefill_tokens,
         "decode_tokens": runs[0].decode_tokens,
@@ -58,6 +71,8 @@ def measure(req: dict) -> dict:
         "decode_tok_s": summarize([r.decode_tokens / r.decode_ms * 1e3 for r in runs]),
         "split": time_split(runs, own),
     }
+    if bundle.format in BUILD_FACTS:
+        result["engine_build"] = BUILD_FACTS[bundle.format]()
     if req.get("eval"):
         from edgevlm.evaluation import evaluate
 
