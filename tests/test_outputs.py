@@ -78,8 +78,8 @@ def test_unwritable_out(cmd, tiny_model_dir, shapes_eval, upstream, tmp_path, ca
 @pytest.mark.parametrize("flag", ["--json", "--md", "--plot"])
 def test_report_file_outputs_refuse_a_directory(flag, tmp_path, capsys):
     target = _user_dir(tmp_path / "mine")
-    argv = ["bench", str(GOLDEN_BUNDLE), "--image", str(GOLDEN_IMAGE), "--runs", "1", "--new-tokens", "2", flag,
-            str(target)]
+    argv = ["bench", str(GOLDEN_BUNDLE), "--image", str(GOLDEN_IMAGE), "--runs", "1", "--rounds", "1",
+            "--new-tokens", "2", flag, str(target)]
     fails(argv, capsys, f"{target}: is a directory")
     assert sorted(p.name for p in target.iterdir()) == ["thesis.txt"]
 
