@@ -35,6 +35,9 @@ def write_doc(w, a, docs: Path) -> Path:
         parts.append(et_ops_section(json.loads(ops.read_text())))
     parts.append(steps_section(steps))
     out = docs / "benchmarks.md"
+    old = out.read_text() if out.exists() else ""
+    if KEEP in old:  # sections other scripts measured (web, native, workers): not this run's to rewrite
+        parts.append(old[old.index(KEEP):].strip())
     with atomic_file(out) as f:
         f.write("\n\n".join(parts) + "\n")
     return out
@@ -55,6 +58,9 @@ separately from prefill; TTFT = image encode + prefill. The roofline is the deco
 the machine's copy bandwidth (measured in the same run) ÷ the bytes of weights one decoded token reads (from the
 GGUF / ONNX file; estimated from the parameter count for ExecuTorch); KV-cache reads are not counted in it."""
 
+
+# what follows this line in docs/benchmarks.md was written by other scripts or by hand, and is kept as it is
+KEEP = "<!-- kept by report_doc.py: the sections below come from other benchmark scripts -->"
 
 # why a bundle is missing from the table (the bench step measures every bundle under bundles/)
 NOT_MEASURED = ("The bench step measures every bundle under `bundles/`: a bundle missing here was not exported "

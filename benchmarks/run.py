@@ -12,6 +12,8 @@ Steps (each skips what it already made under --work, so an interrupted run conti
   sweep      the projector sweep, GGUF q4_k: mlp2x_gelu (576 image tokens), ldpv2 (144, the main model),
              pixel_shuffle r=3 (64; llama.cpp runs it as idefics3, after a SigLIP tower of CLIP-L's size)
   bench      `edgevlm bench` on the main bundles + reference, then on the sweep (JSON under --work/results)
+  native     the native runner beside the Python runtimes on gguf-q4_k and executorch-int4, interleaved
+             (benchmarks/native_vs_python.py)
   report     docs/benchmarks.md and its PNGs from those JSON files
 
 Heavy steps run one at a time, each in its own process (memory is returned between them); every step's wall
@@ -38,7 +40,7 @@ PRESET = "mobilevlm-v2-1.7b"
 EXPORTS = [("gguf", "q4_k"), ("gguf", "q8_0"), ("onnx", "int4"), ("executorch", "int4")]
 REFERENCE = {"q4_k": "MOSTLY_Q4_K_M", "q8_0": "MOSTLY_Q8_0"}
 SWEEP = {"mlp2x_gelu": {"kind": "mlp2x_gelu"}, "pixel_shuffle-r3": {"kind": "pixel_shuffle", "shuffle_ratio": 3}}
-STEPS = ["create", "export", "reference", "sweep", "bench", "report"]
+STEPS = ["create", "export", "reference", "sweep", "bench", "native", "report"]
 PY = sys.executable
 EDGEVLM = [PY, "-m", "edgevlm.cli"]
 
@@ -179,6 +181,11 @@ def step_bench(w: Work, a) -> None:
                                "--threads", a.threads, "--preset", a.preset])
     with open(w.results / "uptime-after.txt", "w") as f:
         f.write(subprocess.run(["uptime"], capture_output=True, text=True).stdout)
+
+
+def step_native(w: Work, a) -> None:
+    w.run("native vs python", [PY, ROOT / "benchmarks" / "native_vs_python.py", "--work", w.root, "--docs", a.docs,
+                               "--threads", a.threads, "--runs", a.runs, "--new-tokens", a.new_tokens])
 
 
 def step_report(w: Work, a) -> None:

@@ -87,7 +87,7 @@ def python_speed(bundle: Path, image, threads: int, new_tokens: int, runs: int, 
 
 
 def page_speed(bundles: list[Path], image_path: Path, threads: list[int], new_tokens: int, runs: int,
-               warmup: int) -> dict:
+               warmup: int, timeout_s: int = 300) -> dict:
     spec = importlib.util.spec_from_file_location("edgevlm_web_serve", WEB / "serve.py")
     serve = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve)
@@ -96,10 +96,11 @@ def page_speed(bundles: list[Path], image_path: Path, threads: list[int], new_to
     jobs = [{"bundle": f"bundles/{b.name}/", "image": str(image_path), "threads": t,
              "bench": {"question": QUESTION, "newTokens": new_tokens, "runs": runs, "warmup": warmup}}
             for b in bundles for t in threads]
-    config = {"url": f"http://127.0.0.1:{server.server_port}/", "jobs": jobs, "timeoutMs": 300_000}
+    config = {"url": f"http://127.0.0.1:{server.server_port}/", "jobs": jobs, "timeoutMs": timeout_s * 1000,
+              "totalTimeoutMs": max(600, timeout_s * len(jobs) + 60) * 1000}
     try:
         proc = subprocess.run(["node", "tools/browser.mjs", json.dumps(config)], cwd=WEB, capture_output=True,
-                              text=True, timeout=1800)
+                              text=True, timeout=max(1800, 2 * timeout_s * len(jobs)))
     finally:
         server.shutdown()
         server.server_close()
@@ -140,6 +141,10 @@ def main() -> None:
                     help="untimed runs first: V8 compiles wasm with its baseline compiler and optimizes hot functions "
                          "in the background, so the page's first runs are several times slower")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
+    ap.add_argument("--page-timeout", type=int, default=300, help="seconds the page may take per bundle and thread "
+                    "count (loading included: a real-size bundle is over a gigabyte)")
+    ap.add_argument("--no-logits", action="store_true", help="skip the accuracy-level comparison (it copies each "
+                    "int4 bundle)")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -151,7 +156,7 @@ def main() -> None:
     image = Image.open(image_path).convert("RGB")
 
     print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
-    page = page_speed(bundles, image_path, threads, args.new_tokens, args.runs, args.warmup)
+    page = page_speed(bundles, image_path, threads, args.new_tokens, args.runs, args.warmup, args.page_timeout)
     rows = []
     for b in bundles:
         for t in threads:
@@ -172,7 +177,7 @@ def main() -> None:
 
     gaps = {}
     for b in bundles:
-        if read_json(b / "manifest.json")["quantization"]["name"] != "int4":
+        if args.no_logits or read_json(b / "manifest.json")["quantization"]["name"] != "int4":
             continue
         for level in (4, 0):
             variant = b if level == 4 else with_accuracy_level(b, 0, args.work / f"{b.name}-acc0")

@@ -243,6 +243,11 @@ def _add_export(p):
                    help="accuracy: answers compared with PyTorch; smoke: only load the bundle and generate a few "
                         "tokens (random-weight real-size models, benchmarks)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads during verification")
+    p.add_argument("--max-drop", nargs="?", const="default", default=None, metavar="D",
+                   help="accuracy guard: most accuracy the bundle may lose against PyTorch in its verification; "
+                        "over it, the most sensitive parts are re-exported at a higher precision (no value: 0.01 "
+                        "for 8 bits and more, 0.02 below)")
+    p.add_argument("--strict", action="store_true", help="with the guard: fail over D instead of re-exporting")
 
 
 @command("export", "export a model dir to a bundle for one runtime, verified against PyTorch", _add_export)
@@ -251,7 +256,8 @@ def _run_export(a):
     from edgevlm.load import load_model
 
     _check_out(a, "bundle")
-    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify)
+    cfg = ExportConfig(a.format, a.quant, a.verify_data, a.verify_limit, a.threads, a.verify,
+                       _max_drop(a.max_drop), a.strict)
     r = export(load_model(a.model), cfg, a.out)
     print(f"wrote {a.format} {a.quant} bundle {r.path} ({r.bytes / 1e6:.2f} MB)")
     for name, f in r.manifest["files"].items():
@@ -267,6 +273,21 @@ def _run_export(a):
         print(f"verified on {v['n']} questions: answers identical to PyTorch {v['answers_identical']:.3f}, "
               f"token agreement {v['token_agreement']:.3f}, accuracy {v['accuracy']:.3f} "
               f"(PyTorch {v['reference_accuracy']:.3f})")
+    g = (v or {}).get("guard")
+    if g:
+        kept = ", ".join(f"{part}: {gets}" for part, gets in g["kept"].items()) or "nothing"
+        print(f"accuracy guard (max drop {g['max_drop']}): drop {g['before']['drop']:.3f} -> {g['after']['drop']:.3f}"
+              f", kept at higher precision: {kept}")
+
+
+def _max_drop(value: str | None) -> float | str | None:
+    """`--max-drop`'s value: absent, "default" (no value given), or a number."""
+    if value in (None, "default"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise EdgeVLMError(f"--max-drop takes an accuracy difference such as 0.02, got {value!r}") from None
 
 
 
@@ -299,6 +320,8 @@ def _add_bench(p):
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: every core)")
     p.add_argument("--eval", type=Path, default=None, help="LLaVA-format data: also measure accuracy")
     p.add_argument("--eval-limit", type=int, default=None, help="questions of --eval to use")
+    p.add_argument("--self-timing", action="store_true", help="also time each phase by the engine's own clock "
+                   "(profiler / perf counters; a little slower): the JSON split's *_engine_self_ms")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("--plot", type=Path, default=None, help="write comparison plots here (PNG)")
@@ -316,7 +339,7 @@ def _run_bench(a):
 
     for out in (a.json, a.md, a.plot):
         check_file_out(out)
-    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit)
+    cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit, a.self_timing)
     report = bench(a.bundles, cfg, device=open_device(a.device) if a.device else None)
     table = markdown(report)
     print(table)

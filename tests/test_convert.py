@@ -96,11 +96,9 @@ def _tower_dir(d: Path, tower) -> Path:
 
 
 # ---- the layouts ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mobilevlm_v2(tmp_path_factory):
+def _write_mobilevlm_v2(root: Path, tower) -> tuple:
     """MobileVLM V2: Llama + LDPv2 (`model.mm_projector.mlp.mlp.*`, `peg.peg.*`), CLIP inside, safetensors."""
-    root = tmp_path_factory.mktemp("mobilevlm_v2")
-    src, tower, llm = root / "ckpt", _clip(), _llama()
+    src, llm = root / "ckpt", _llama()
     src.mkdir()
     g = torch.Generator().manual_seed(4)
     tensors = {**_prefixed(llm, ""), **_prefixed(tower, "model.vision_tower.vision_tower.vision_model."),
@@ -114,6 +112,11 @@ def mobilevlm_v2(tmp_path_factory):
                   "vision_tower_type": "clip", "mm_use_im_start_end": False, "mm_use_im_patch_token": False})
     _tokenizer(src, llama=True)
     return src, tower, llm, tensors
+
+
+@pytest.fixture(scope="module")
+def mobilevlm_v2(tmp_path_factory):
+    return _write_mobilevlm_v2(tmp_path_factory.mktemp("mobilevlm_v2"), _clip())
 
 
 @pytest.fixture(scope="module")
@@ -195,21 +198,57 @@ def _logits_ref(model: EdgeVLM, llm, image_tokens: torch.Tensor) -> tuple[torch.
     return model.llm(inputs_embeds=ours).logits, llm(inputs_embeds=x).logits
 
 
+def _ldpv2_ref(tower, t, size: int) -> torch.Tensor:
+    """MobileVLM V2's image path from the raw tensors: patch features, MLP, TokenDownLayer, PosInjectLayer."""
+    feats = tower(_pixels(size), output_hidden_states=True).hidden_states[-2][:, 1:]  # LLaVA "patch" features
+    x = _mlp_ref(feats, t, "model.mm_projector.mlp.mlp.")  # (1, N, 64)
+    side = size // 14
+    grid = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(1, 64, side, side), (12, 12))  # TokenDownLayer
+    grid = F.conv2d(grid, t["model.mm_projector.peg.peg.0.weight"], t["model.mm_projector.peg.peg.0.bias"],
+                    padding=1, groups=64) + grid  # PosInjectLayer
+    return grid.flatten(2).transpose(1, 2)
+
+
 @torch.no_grad()
 def test_mobilevlm_v2_equals_upstream_computation(mobilevlm_v2):
     src, tower, llm, t = mobilevlm_v2
     model = load(src)
-    feats = tower(_pixels(336), output_hidden_states=True).hidden_states[-2][:, 1:]  # LLaVA "patch" features
-    x = _mlp_ref(feats, t, "model.mm_projector.mlp.mlp.")  # (1, 576, 64)
-    grid = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(1, 64, 24, 24), (12, 12))  # TokenDownLayer
-    grid = F.conv2d(grid, t["model.mm_projector.peg.peg.0.weight"], t["model.mm_projector.peg.peg.0.bias"],
-                    padding=1, groups=64) + grid  # PosInjectLayer
-    ref = grid.flatten(2).transpose(1, 2)
+    ref = _ldpv2_ref(tower, t, 336)
     torch.testing.assert_close(model.encode_image(_pixels(336)), ref, rtol=1e-5, atol=1e-5)
     ours, theirs = _logits_ref(model, llm, ref)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     assert model.cfg.projector.kind == "ldpv2" and model.num_image_tokens == 144 and model.cfg.template == "vicuna_v1"
     assert model.prompt_ids(QUESTION)[0] == model.tokenizer.tok.token_to_id("<s>")  # Llama adds BOS
+
+
+@torch.no_grad()
+def test_ldpv2_off_the_24_grid_pools_adaptively_like_upstream(tmp_path):
+    """A 224-px tower (16 x 16 patches): upstream's adaptive pool still gives 144 tokens (overlapping windows).
+    ONNX runs it (the contract's vision encoder, as the exporters trace it, in onnxruntime); llama.cpp's graph
+    pools 2 x 2 on a fixed 24 x 24 grid, so GGUF export refuses."""
+    import onnxruntime as ort
+
+    from edgevlm.export.gguf import check_exportable
+    from edgevlm.export.contract import VisionEncoder
+    from edgevlm.export.onnx import OPSET, quiet
+
+    torch.manual_seed(1)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=2, image_size=224, patch_size=14)).eval()
+    src, tower, _, t = _write_mobilevlm_v2(tmp_path, tower)
+    model = load(src)
+    ref = _ldpv2_ref(tower, t, 224)
+    assert model.num_image_tokens == 144 and ref.shape == (1, 144, 64)
+    torch.testing.assert_close(model.encode_image(_pixels(224)), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EdgeVLMError, match="llama.cpp's ldpv2 graph needs a 24x24 patch grid, this tower has 16x16"):
+        check_exportable(model)
+    encoder = VisionEncoder(model.vision, model.projector).eval()  # the graph ONNX / ExecuTorch / CoreML trace
+    with quiet():
+        program = torch.onnx.export(encoder, (_pixels(224),), dynamo=True, opset_version=OPSET,
+                                    input_names=["pixel_values"], verbose=False)
+    vision = ort.InferenceSession(program.model_proto.SerializeToString())
+    got = vision.run(None, {"pixel_values": _pixels(224).numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), ref, rtol=1e-4, atol=1e-4)
 
 
 @torch.no_grad()
@@ -312,3 +351,68 @@ def test_sentencepiece_only_tokenizer_is_converted_or_named(bunny, tmp_path, cap
     (bad / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     fails(["convert", "--from", "bunny", str(bad), "--out", str(tmp_path / "m")], capsys,
           "no tokenizer.json, and transformers could not convert tokenizer.model offline")
+
+
+# ---- upstream layouts edgevlm's own classes do not write -----------------------------------------------------------
+@torch.no_grad()
+def test_phi_head_without_bias_is_read_as_a_zero_bias(bunny, tmp_path):
+    """BunnyPhiForCausalLM / MoELLaVAPhiForCausalLM build Phi's lm_head with bias=False: their files have no
+    `lm_head.bias`. Upstream's bias-free head and ours (zero bias) give the same logits; other tensors stay strict."""
+    src, tower, llm, t = bunny
+    upstream = PhiForCausalLM(llm.config).eval()
+    upstream.load_state_dict(llm.state_dict())
+    upstream.lm_head = torch.nn.Linear(64, VOCAB, bias=False)  # as Bunny builds it
+    upstream.lm_head.weight.copy_(llm.lm_head.weight)
+    assert "lm_head.bias" not in upstream.state_dict()
+    bad = _broken_copy(src, tmp_path / "nobias", lambda x: (x.pop("lm_head.bias"),
+                                                            x.update(_prefixed(upstream, ""))))
+    model = load(bad)
+    assert not model.llm.lm_head.bias.any()
+    ref = _mlp_ref(tower(_pixels(384), output_hidden_states=True).hidden_states[-2], t, "model.mm_projector.")
+    ours, theirs = _logits_ref(model, upstream, ref)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    worse = _broken_copy(bad, tmp_path / "worse", lambda x: x.pop("model.final_layernorm.bias"))
+    with pytest.raises(EdgeVLMError, match=r"missing tensors: llm\.model\.final_layernorm\.bias$"):
+        load(worse)
+
+
+def _transformers5_tower(tower, d: Path) -> dict[str, torch.Tensor]:
+    """The tower saved by transformers 5 (the pinned version): tensor names without `vision_model.`."""
+    tower.save_pretrained(str(d))
+    names = load_file(str(d / "model.safetensors"))
+    assert not any(n.startswith("vision_model.") for n in names) and "embeddings.patch_embedding.weight" in names
+    return names
+
+
+@pytest.mark.parametrize("layout,prefix", [("mobilevlm_v2", "model.vision_tower.vision_tower."),
+                                           ("bunny", "model.vision_tower.vision_tower."),
+                                           ("tinyllava", "vision_tower._vision_tower.")])
+def test_tower_saved_by_transformers_5_inside_the_checkpoint(layout, prefix, request, tmp_path):
+    """The same checkpoint with its CLIP / SigLIP tower in transformers 5's names converts to the same model."""
+    src, tower = request.getfixturevalue(layout)[:2]
+    new = {prefix + k: v for k, v in _transformers5_tower(tower, tmp_path / "tower").items()}
+
+    def swap(x):
+        for k in [k for k in x if k.startswith(prefix)]:
+            del x[k]
+        x.update(new)
+
+    a, b = load(src).state_dict(), load(_broken_copy(src, tmp_path / "t5", swap)).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tower_saved_by_transformers_5_from_vision_tower_flag(mobilevlm_v1, tmp_path, capsys):
+    src, _, tower, _ = mobilevlm_v1
+    t5 = tmp_path / "clip-t5"
+    _transformers5_tower(tower, t5)
+    assert main(["convert", "--from", "mobilevlm", str(src), "--out", str(tmp_path / "m"),
+                 "--vision-tower", str(t5)]) == 0
+    model = EdgeVLM.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        feats = tower(_pixels(336), output_hidden_states=True).hidden_states[-2][:, 1:]
+        torch.testing.assert_close(model.vision(_pixels(336)), feats, rtol=1e-5, atol=1e-5)
+    cfg = json.loads((t5 / "config.json").read_text())
+    (t5 / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
+    line = fails(["convert", "--from", "mobilevlm", str(src), "--out", str(tmp_path / "m2"),
+                  "--vision-tower", str(t5)], capsys, "the checkpoint holds 3 vision blocks, the config says 2")
+    assert str(t5 / "model.safetensors") in line  # the file it read, not the LLaVA checkpoint

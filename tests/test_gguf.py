@@ -27,7 +27,7 @@ from edgevlm.errors import EdgeVLMError  # noqa: E402
 from edgevlm.export import ExportConfig, export  # noqa: E402
 from edgevlm.bundle.manifest import MANIFEST, file_entries, sha256_file  # noqa: E402
 from edgevlm.export.gguf import check_exportable, write_text_model  # noqa: E402
-from edgevlm.models.factory import create  # noqa: E402
+from edgevlm.models.factory import create, create_from_config  # noqa: E402
 from edgevlm.models.presets import tiny_vlm  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402
 from edgevlm.runtimes import load_runtime  # noqa: E402
@@ -64,6 +64,24 @@ def test_unsupported_projector_is_refused():
     model.cfg.projector.kind = "resampler"
     with pytest.raises(EdgeVLMError, match="supports projectors ldp, ldpv2, mlp2x_gelu, pixel_shuffle"):
         check_exportable(model)
+
+
+@pytest.mark.parametrize("arch,extra,reason", [
+    ("phi", {}, "no MoE graph with a phi layer"),  # README: "GGUF: what llama.cpp cannot run"
+    ("stablelm", {"use_parallel_residual": True}, "phimoe graph runs attention and FFN one after the other"),
+    ("llama", {"mlp_bias": True}, "llama graph has bias-free experts")],
+    ids=["phi", "stablelm-parallel", "llama-mlp-bias"])
+def test_moe_body_without_a_llama_cpp_graph_is_refused(arch, extra, reason):
+    from edgevlm.models.factory import create_from_config
+    from edgevlm.models.presets import PHI2_EXTRA, STABLELM2_EXTRA, get_preset, tiny_llm
+
+    cfg = get_preset("moe-llava-tiny")
+    base = {"phi": PHI2_EXTRA, "stablelm": STABLELM2_EXTRA, "llama": {}}[arch]
+    cfg.llm = tiny_llm(arch, 1e-5, **{**base, **extra})
+    cfg.llm.num_layers, cfg.vision.num_layers = 2, 1
+    with pytest.raises(EdgeVLMError, match=reason) as refusal:
+        check_exportable(create_from_config(cfg, seed=0))
+    assert "\n" not in str(refusal.value)
 
 
 # ---- parity with PyTorch on the trained tiny MobileVLM V2 -------------------------------------------------------
@@ -155,13 +173,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_text_gguf_matches_convert_hf_to_gguf(tmp_path):
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_text_gguf_matches_convert_hf_to_gguf(attention_bias, tmp_path):
     src = _llama_cpp_source()
     if src is None:
         pytest.skip("llama.cpp's convert_hf_to_gguf.py not found (set EDGEVLM_LLAMA_CPP_SRC)")
     from transformers import PreTrainedTokenizerFast
 
-    model = create("mobilevlm-v2-tiny", seed=0)
+    if attention_bias:  # q/k biases take the weights' rotary permutation; random, so that a wrong one shows
+        cfg = tiny_vlm("mobilevlm", "ldpv2")
+        cfg.llm.extra["attention_bias"] = True
+        model = create_from_config(cfg, seed=0)
+        with torch.no_grad():
+            for name, p in model.llm.named_parameters():
+                if name.endswith("proj.bias"):
+                    p.normal_()
+    else:
+        model = create("mobilevlm-v2-tiny", seed=0)
     model.llm.save_pretrained(tmp_path / "hf")
     PreTrainedTokenizerFast(tokenizer_object=model.tokenizer.tok, bos_token="<s>", eos_token="</s>",
                             pad_token="<pad>").save_pretrained(tmp_path / "hf")

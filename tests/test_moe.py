@@ -377,3 +377,21 @@ def test_moe_llava_strict_tensor_check(tmp_path):
     with pytest.raises(EdgeVLMError, match=r"missing tensors: .*deepspeed_experts\.3\.up_proj.*mis-shaped tensors: "
                                            r".*layers\.2\.mlp\.deepspeed_moe\.gate\.wg\.weight"):
         convert(tmp_path / "up", tmp_path / "ours")
+
+
+def test_moe_llava_tower_saved_by_transformers_5(tmp_path):
+    """The image tower in its own dir (`mm_image_tower`), saved by transformers 5 (no `vision_model.` level),
+    converts to the same model as the tower inside the checkpoint in transformers 4's names."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from edgevlm.convert import load
+
+    t = write_moe_llava(tmp_path / "up", 384)
+    inside = load(tmp_path / "up").state_dict()
+    torch.manual_seed(3)
+    CLIPVisionModel(CLIPVisionConfig(**TOWER_CFG)).save_pretrained(str(tmp_path / "up" / "clip-tiny"))
+    save_file({k: v for k, v in t.items() if not k.startswith("model.image_tower.")},
+              str(tmp_path / "up" / "model.safetensors"))
+    beside = load(tmp_path / "up").state_dict()
+    assert inside.keys() == beside.keys() and all(torch.equal(inside[k], beside[k]) for k in inside)

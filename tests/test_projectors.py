@@ -7,7 +7,8 @@ import torch
 
 from edgevlm.config import ProjectorConfig
 from edgevlm.errors import EdgeVLMError
-from edgevlm.models.projectors import PROJECTORS, build_projector, pixel_shuffle, projector_tokens
+from edgevlm.models.projectors import (PROJECTORS, adaptive_avg_pool, build_projector, pixel_shuffle,
+                                       projector_tokens)
 from edgevlm.registry import Registry
 
 
@@ -36,10 +37,18 @@ def test_pixel_shuffle_matches_idefics3_order():
     assert torch.equal(pixel_shuffle(x, 2), ref)
 
 
-def test_ldpv2_pool_equals_adaptive_pool():
-    """LDPv2 uses a 2x2 average pool where MobileVLM V2 uses AdaptiveAvgPool2d((12, 12)): equal on 24x24."""
-    grid = torch.randn(1, 8, 24, 24)
-    assert torch.allclose(torch.nn.functional.avg_pool2d(grid, 2), torch.nn.functional.adaptive_avg_pool2d(grid, 12))
+@pytest.mark.parametrize("side", [24, 16, 27, 36, 8])
+def test_ldpv2_pool_is_mobilevlm_v2s_adaptive_pool(side):
+    """MobileVLM V2's TokenDownLayer is AdaptiveAvgPool2d((12, 12)) for any grid; on 24 x 24 ours is exactly the
+    2 x 2 average pool llama.cpp's graph runs, elsewhere the same overlapping windows as matrices."""
+    grid = torch.randn(2, 8, side, side)
+    ours = adaptive_avg_pool(grid, 12)
+    torch.testing.assert_close(ours, torch.nn.functional.adaptive_avg_pool2d(grid, 12), rtol=0, atol=1e-6)
+    if side == 24:
+        assert torch.equal(ours, torch.nn.functional.avg_pool2d(grid, 2))
+    cfg = ProjectorConfig(kind="ldpv2")
+    assert build_projector(cfg, 8, 16)(torch.randn(1, side * side, 8)).shape == (1, 144, 16)
+    assert projector_tokens(cfg, side * side) == 144
 
 
 def test_registry_is_strict():

@@ -32,6 +32,9 @@ class BenchConfig:
     threads: int | None = None  # None: every core
     eval: Path | None = None  # LLaVA-format data for accuracy
     eval_limit: int | None = None
+    # also time each phase by the engine's own clock (ONNX Runtime profiling, llama.cpp perf counters, ExecuTorch
+    # ETDump): `split.PHASE_engine_self_ms`; the profilers cost time, so the other timings are a little slower
+    self_timing: bool = False
 
 
 def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: Device | None = None) -> dict:
@@ -39,6 +42,8 @@ def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: 
     `device` (devices.py), the native runner measures on that target instead of the Python runtimes."""
     if device is not None and cfg.eval is not None:
         raise EdgeVLMError("--eval measures accuracy with the host's Python runtimes, not with --device")
+    if device is not None and cfg.self_timing:
+        raise EdgeVLMError("--self-timing reads the host's Python runtimes' engine clocks, not --device's")
     facts = device.facts() if device is not None else None
     threads = cfg.threads or (facts or {}).get("cores") or os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:

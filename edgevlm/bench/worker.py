@@ -15,6 +15,7 @@ from edgevlm.bench.stats import summarize
 from edgevlm.bench.weights import decode_bytes_per_token
 from edgevlm.bundle.image import load_image
 from edgevlm.errors import EdgeVLMError
+from edgevlm.runtimes.base import PHASES
 
 # bundle format → the distribution whose version names the engine
 ENGINE_PACKAGES = {"gguf": "llama-cpp-python", "onnx": "onnxruntime", "executorch": "executorch",
@@ -25,12 +26,14 @@ def measure(req: dict) -> dict:
     from edgevlm.runtimes import load_runtime
 
     t = time.perf_counter()
-    runtime = load_runtime(req["bundle"], threads=req["threads"])
+    self_timing = req.get("self_timing", False)
+    runtime = load_runtime(req["bundle"], threads=req["threads"], self_timing=self_timing)
     load_ms = (time.perf_counter() - t) * 1e3
     image = load_image(req["image"])
     for _ in range(req["warmup"]):
         runtime.profile(image, req["prompt"], req["new_tokens"])
     runs = [runtime.profile(image, req["prompt"], req["new_tokens"]) for _ in range(req["runs"])]
+    own = runtime.engine_self_ms()[req["warmup"]:] if self_timing else None  # ends the engine's profiling
     bundle = runtime.bundle
     weight_bytes, weight_source = decode_bytes_per_token(bundle)
     result = {
@@ -53,7 +56,7 @@ def measure(req: dict) -> dict:
         "decode_ms": summarize([r.decode_ms for r in runs]),
         "prefill_tok_s": summarize([r.prefill_tokens / r.prefill_ms * 1e3 for r in runs]),
         "decode_tok_s": summarize([r.decode_tokens / r.decode_ms * 1e3 for r in runs]),
-        "split": time_split(runs),
+        "split": time_split(runs, own),
     }
     if req.get("eval"):
         from edgevlm.evaluation import evaluate
@@ -78,15 +81,27 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB (macOS: bytes)
 
 
-def time_split(runs: list) -> dict:
+def time_split(runs: list, own: list[dict] | None = None) -> dict:
     """Where the time goes, median ms over runs: each phase inside the engine vs around it (Python, data
-    handling, preprocessing), and one decoded token's share of each."""
+    handling, preprocessing), and one decoded token's share of each.
+
+    `own` (`Runtime.engine_self_ms`, per run) checks `PHASE_engine_ms`, our clock around the engine calls, against
+    the engine's own: `PHASE_engine_self_ms` is its median, `PHASE_engine_unseen_ms` the median of each run's ours
+    − theirs, paired because on a busy machine runs differ far more than two clocks within one run. The unseen
+    time is the bindings' argument and result handling (a little negative for llama.cpp, whose clock runs on to
+    the logits read)."""
     out = {}
-    for phase, total in (("image", "image_ms"), ("prefill", "prefill_ms"), ("decode", "decode_ms")):
+    for phase in PHASES:
         if not all(phase in r.engine_ms for r in runs):
             continue
+        total = [getattr(r, f"{phase}_ms") for r in runs]
         out[f"{phase}_engine_ms"] = summarize([r.engine_ms[phase] for r in runs])["median"]
-        out[f"{phase}_outside_ms"] = summarize([getattr(r, total) - r.engine_ms[phase] for r in runs])["median"]
+        out[f"{phase}_outside_ms"] = summarize([t - r.engine_ms[phase] for t, r in zip(total, runs)])["median"]
+        out[f"{phase}_engine_calls"] = runs[0].engine_calls[phase]
+        if own and all(phase in o for o in own):
+            out[f"{phase}_engine_self_ms"] = summarize([o[phase] for o in own])["median"]
+            out[f"{phase}_engine_unseen_ms"] = summarize([r.engine_ms[phase] - o[phase]
+                                                          for r, o in zip(runs, own)])["median"]
     n = runs[0].decode_tokens
     if "decode_engine_ms" in out and n:
         out["token_engine_ms"] = out["decode_engine_ms"] / n

@@ -2,8 +2,9 @@
 
 config.json: the LM's config with `model_type` `bunny-<lm>` (`bunny-phi`, `bunny-phi3`, `bunny-stablelm`,
 `bunny-qwen2`, `bunny-llama`), `mm_projector_type` (`mlp2x_gelu`), `mm_vision_tower` (SigLIP-so400m; its
-features are hidden_states[-2], all 729 patches). Tensors: the LM's `model.*` / `lm_head.*`,
-`model.mm_projector.{0,2}.*`, `model.vision_tower.vision_tower.vision_model.*`.
+features are hidden_states[-2], all 729 patches). Tensors: the LM's `model.*` / `lm_head.*` (BunnyPhiForCausalLM's
+head has no bias: read as a zero bias), `model.mm_projector.{0,2}.*`, `model.vision_tower.vision_tower.vision_model.*`
+(without `vision_model.` when transformers 5 saved it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Bunny:
         tensors = up.read_tensors(src)
         vision, tower = up.llava_tower(src, cfg, tensors, vision_tower, feature_layer=-2)
         weights = up.weight_files(src)[0]
-        tensors = up.rename(tensors, [("model.mm_projector.", "projector.mlp."), ("model.", "llm.model."),
-                                      ("lm_head.", "llm.lm_head.")], weights)
+        rules = [("model.mm_projector.", "projector.mlp."), ("model.", "llm.model."), ("lm_head.", "llm.lm_head.")]
+        tensors = up.rename(up.zero_head_bias(tensors, llm), rules, weights)
         vlm = FAMILIES["bunny"].config(vision, llm)
         return Upstream(vlm, {**tensors, **tower}, up.read_tokenizer(src, llm.vocab_size), weights)

@@ -4,7 +4,8 @@ config.json: a Llama config with `model_type: mobilevlm`, `mm_projector_type` (`
 LDPv2), `mm_vision_tower` (a hub id or a local CLIP dir), `mm_vision_select_layer`, `mm_vision_select_feature`.
 Tensors: `model.*` / `lm_head.*` (MobileLLaMA), `model.mm_projector.model.*` (LDP, wrapped in `LDPNetProjector`)
 or `model.mm_projector.*` (LDPv2: `mlp.mlp.*`, `peg.peg.*`), and the CLIP tower under
-`model.vision_tower.vision_tower.*` when the checkpoint carries it (V2 does).
+`model.vision_tower.vision_tower.*` when the checkpoint carries it (V2 does). LDPv2 pools to 12 x 12 whatever
+the tower's grid, as upstream's TokenDownLayer does (a 224-px tower too; llama.cpp's graph only runs 24 x 24).
 """
 
 from __future__ import annotations

@@ -8,11 +8,18 @@ layer), `top_k_experts`, `router_aux_loss_coef`, `use_residual`, and DeepSpeed's
 Tensors: the LM's `model.*` / `lm_head.*`, where an MoE layer's FFN is DeepSpeed-MoE's
 `model.layers.{i}.mlp.deepspeed_moe.gate.wg.weight` and `...deepspeed_moe.experts.deepspeed_experts.{e}.*`
 (the names `edgevlm.models.moe` keeps), `model.mm_projector.image_spatial_proj.{0,2}.*`, and the tower as
-`model.image_tower.image_tower.vision_model.*` (or from the local dir `mm_image_tower` / --vision-tower names).
+`model.image_tower.image_tower.vision_model.*` (no `vision_model.` when transformers 5 saved it; or from the
+local dir `mm_image_tower` / --vision-tower names).
 
-Not carried over, by design: DeepSpeed's capacity limits (`capacity_factor`, `eval_capacity_factor`,
-`min_capacity`) and its Gumbel-noised second choice; edgevlm's MoE is dropless and deterministic (see
-`edgevlm.models.moe`), which is what upstream computes whenever no expert overflows. Refused with a reason:
+Not carried over, by design, so converted outputs are upstream's only up to these two (edgevlm.models.moe):
+- Upstream's second expert is random at inference too: DeepSpeed's top-2 gate adds Gumbel noise to the router
+  logits before picking it (`top2_2nd_expert_sampling`, on by default), so upstream disagrees with itself across
+  seeds (~18 % of argmax positions in one measurement). edgevlm takes the two most probable experts.
+- DeepSpeed gives each expert room for `eval_capacity_factor` (`capacity_factor` in training) x 2 x tokens /
+  experts tokens (at least `min_capacity`) and drops the rest: a token gets nothing from an expert with no room
+  for it (dropped by both, only its residual passes). At capacity 1.0 any imbalance drops tokens; edgevlm never
+  drops one, which is what upstream computes whenever no expert overflows.
+A Phi LM's `lm_head` has no bias here (MoELLaVAPhiForCausalLM): read as a zero bias. Refused with a reason:
 residual MoE (`use_residual`), video towers, LMs edgevlm has no backbone for (Qwen-1 remote code, MiniCPM,
 Mistral), MoE layers that are not every n-th layer from 0, and unequal expert counts.
 """
@@ -66,8 +73,8 @@ class MoELLaVA:
         vision, tower = up.llava_tower(src, llava_cfg, tensors, vision_tower,
                                        feature_layer=cfg.get("mm_vision_select_layer", -2))
         weights = up.weight_files(src)[0]
-        tensors = up.rename(tensors, [(PROJECTOR, "projector.mlp."), ("model.", "llm.model."),
-                                      ("lm_head.", "llm.lm_head.")], weights)
+        rules = [(PROJECTOR, "projector.mlp."), ("model.", "llm.model."), ("lm_head.", "llm.lm_head.")]
+        tensors = up.rename(up.zero_head_bias(tensors, llm), rules, weights)
         vlm = FAMILIES["moe-llava"].config(vision, llm, moe=moe)
         return Upstream(vlm, {**tensors, **tower}, _tokenizer(src, llm.vocab_size), weights)
 

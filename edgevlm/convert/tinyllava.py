@@ -3,8 +3,9 @@ LLaVA-style one (bczhou/TinyLLaVA-*, `model_type` `tiny_llava_<lm>`).
 
 Factory config.json: `model_type: tinyllava`, `text_config` and `vision_config` (full transformers configs),
 `connector_type` (`mlp2x_gelu`), `vision_feature_layer`, `vision_feature_select_strategy` (`patch` drops token 0,
-for SigLIP too: 728 tokens). Tensors: `language_model.*`, `vision_tower._vision_tower.vision_model.*`,
-`connector._connector.{0,2}.*`. The LLaVA-style layout is MobileVLM's / Bunny's (`model.*`, `model.mm_projector.*`,
+for SigLIP too: 728 tokens). Tensors: `language_model.*`, `vision_tower._vision_tower.vision_model.*`
+(`vision_tower._vision_tower.embeddings.*` … when transformers 5 saved it), `connector._connector.{0,2}.*`.
+The LLaVA-style layout is MobileVLM's / Bunny's (`model.*`, `model.mm_projector.*`,
 `model.vision_tower.vision_tower.*`); its SigLIP tower is stored without the last block, output taken.
 """
 
@@ -20,6 +21,7 @@ from edgevlm.models.families import FAMILIES
 LEGACY_LMS = {"tiny_llava_phi": "phi", "tiny_llava_stablelm": "stablelm", "tiny_llava_llama": "llama"}
 FACTORY_LMS = {"phi": "phi", "llama": "llama", "stablelm": "stablelm", "qwen2": "qwen2"}
 STRATEGIES = {"patch": True, "cls_patch": False}
+FACTORY_TOWER = "vision_tower._vision_tower."
 
 
 @source("tinyllava")
@@ -51,8 +53,10 @@ def _factory(src: Path, cfg: dict, vision_tower: Path | None) -> Upstream:
     vision = up.vision_config(vis, path, feature_layer=cfg.get("vision_feature_layer", -2),
                               drop_first_token=STRATEGIES[strategy])
     weights = up.weight_files(src)[0]
-    tensors = up.rename(up.read_tensors(src), [("language_model.", "llm."), ("connector._connector.", "projector.mlp."),
-                                               ("vision_tower._vision_tower.vision_model.", "vision.tower.")], weights)
+    tensors = up.read_tensors(src)
+    tower = up.tower_tensors(up.take(tensors, FACTORY_TOWER), weights)
+    tensors = up.rename(tensors, [("language_model.", "llm."), ("connector._connector.", "projector.mlp.")], weights)
+    tensors |= up.rename(tower, [("", "vision.tower.")], weights)
     vlm = FAMILIES["tinyllava"].config(vision, llm)
     return Upstream(vlm, tensors, up.read_tokenizer(src, llm.vocab_size), weights)
 

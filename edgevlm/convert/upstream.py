@@ -1,7 +1,8 @@
 """Reading Hugging Face checkpoint dirs: weights, LLM / tower configs, tokenizers, and strict prefix renaming.
 
 Upstream files were written by transformers 4.x, whose CLIP / SigLIP vision models name their tensors
-`vision_model.*`; transformers 5 drops that level (edgevlm's tower tensors are `vision.tower.embeddings.*`).
+`vision_model.*`; transformers 5 drops that level (edgevlm's tower tensors are `vision.tower.embeddings.*`), so a
+tower re-saved by 5.x reads `embeddings.*`, `encoder.*`: `tower_tensors` accepts both.
 LLaVA-family checkpoints are a transformers causal LM with the tower and projector added as submodules, so
 their tensors are the LM's own names plus `model.vision_tower.*` / `model.mm_projector.*` (TinyLLaVA_Factory:
 `language_model.*`, `vision_tower._vision_tower.*`, `connector._connector.*`). edgevlm keeps the same module
@@ -132,9 +133,10 @@ def with_preprocessor(cfg: VisionConfig, tower_dir: Path | None) -> VisionConfig
     return cfg
 
 
-def stored_layers(tensors: dict[str, torch.Tensor], prefix: str) -> int:
-    """Encoder blocks present under `prefix` (some upstreams store the tower without its unused last block)."""
-    pat = re.compile(re.escape(prefix) + r"vision_model\.encoder\.layers\.(\d+)\.")
+def stored_layers(tensors: dict[str, torch.Tensor]) -> int:
+    """Encoder blocks in a tower's tensors named as `tower_tensors` returns them (some upstreams store the tower
+    without its unused last block)."""
+    pat = re.compile(r"encoder\.layers\.(\d+)\.")
     found = {int(m.group(1)) for n in tensors if (m := pat.match(n))}
     return max(found) + 1 if found else 0
 
@@ -164,8 +166,28 @@ def tower_dir(name: str, flag: Path | None, src: Path) -> Path:
 
 
 def read_tower(d: Path) -> dict[str, torch.Tensor]:
-    """A CLIPVisionModel / SiglipVisionModel (or full CLIP / SigLIP) dir's weights, named `vision_model.*`."""
-    return read_tensors(d)
+    """A CLIPVisionModel / SiglipVisionModel (or full CLIP / SigLIP) dir's tower weights, via `tower_tensors`."""
+    return tower_tensors(read_tensors(d), weight_files(d)[0])
+
+
+TOWER_LEVEL = "vision_model."  # transformers 4's level above a CLIP / SigLIP tower's own tensor names
+TOWER_UNUSED = ("head.",)  # SigLIP's pooling head: no LLaVA-style model reads it
+
+
+def tower_tensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """A tower's tensors named as transformers 5 names them (`embeddings.*`, `encoder.*`, `post_layernorm.*`),
+    whether 4.x (`vision_model.embeddings.*`) or 5.x saved them; names of neither kind are kept as they are
+    (a full CLIP / SigLIP model's `text_model.*` is dropped by `rename`, anything else is listed as unexpected)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        short = name[len(TOWER_LEVEL):] if name.startswith(TOWER_LEVEL) else name
+        if short.startswith(TOWER_UNUSED):
+            continue
+        if short in out:
+            raise EdgeVLMError(f"the tower tensor {short!r} is stored twice (as {name!r} and without "
+                               f"{TOWER_LEVEL!r})", path)
+        out[short] = t
+    return out
 
 
 # ---- tokenizers -------------------------------------------------------------------------------------------------
@@ -224,7 +246,7 @@ def llava_tower(src: Path, cfg: dict, tensors: dict[str, torch.Tensor], flag: Pa
     from edgevlm.models.presets import KNOWN_TOWERS
 
     name = cfg.get("mm_vision_tower") or cfg.get("vision_tower") or ""
-    inside = take(tensors, LLAVA_TOWER)
+    inside = tower_tensors(take(tensors, LLAVA_TOWER), weight_files(src)[0])
     try:
         d = tower_dir(name, flag, src)
     except EdgeVLMError:
@@ -238,6 +260,19 @@ def llava_tower(src: Path, cfg: dict, tensors: dict[str, torch.Tensor], flag: Pa
         for k, v in select.items():
             setattr(vis, k, v)
         vis.__post_init__()
-    weights = inside or read_tower(d)
-    vis = fit_layers(vis, stored_layers(weights, ""), src)
-    return vis, rename(weights, [("vision_model.", "vision.tower.")], d or src)
+    weights, read_from = (inside, weight_files(src)[0]) if inside else (read_tower(d), weight_files(d)[0])
+    vis = fit_layers(vis, stored_layers(weights), read_from)
+    return vis, rename(weights, [("", "vision.tower.")], read_from)
+
+
+# ---- heads ------------------------------------------------------------------------------------------------------
+def zero_head_bias(tensors: dict[str, torch.Tensor], llm: LLMConfig) -> dict[str, torch.Tensor]:
+    """Add a zero `lm_head.bias` to a Phi checkpoint saved without one, and nothing else.
+
+    Bunny's BunnyPhiForCausalLM and MoE-LLaVA's MoELLaVAPhiForCausalLM build Phi's head as
+    `nn.Linear(..., bias=False)`, so their files (BAAI/Bunny-v1_0-3B among them) have no `lm_head.bias`, while
+    transformers' PhiForCausalLM, which edgevlm builds, has one. Adding zero is exact; loading stays strict."""
+    head = tensors.get("lm_head.weight")
+    if llm.arch == "phi" and head is not None and "lm_head.bias" not in tensors:
+        tensors["lm_head.bias"] = torch.zeros(head.shape[0], dtype=head.dtype)
+    return tensors

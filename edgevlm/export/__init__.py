@@ -11,18 +11,26 @@ PyTorch's. A model with random weights (a real-size architecture exported only t
 nothing meaningful and its PyTorch reference costs minutes per question, so `smoke` instead only checks that
 the bundle loads in its runtime and generates a few in-vocabulary tokens for one image; the manifest records
 which check was made. `verify_limit=0` skips both.
+
+With `max_drop` (the accuracy guard, edgevlm/export/guard.py) a bundle that loses more accuracy than that
+against PyTorch in its verification is re-written with its most sensitive parts at a higher precision, or with
+`strict` refused; the verification record's `guard` says what was kept.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgevlm.bundle.manifest import MANIFEST, TOKENIZER, write_manifest
+from edgevlm.errors import EdgeVLMError
 from edgevlm.export.base import Exporter
+from edgevlm.export.guard import Guard, default_max_drop, enforce
 from edgevlm.export.manifest import build_manifest
 from edgevlm.io import atomic_dir
 from edgevlm.quant.schemes import FORMATS, scheme
@@ -42,6 +50,7 @@ class VerifyMode(str, enum.Enum):
 
 
 SMOKE_TOKENS = 4
+DEFAULT = "default"  # ExportConfig.max_drop: the guard's default D for the scheme's bits (guard.DEFAULT_MAX_DROP)
 
 
 @dataclass
@@ -52,10 +61,20 @@ class ExportConfig:
     verify_limit: int = 100  # questions run in the runtime and in PyTorch; 0 skips verification
     threads: int | None = None
     verify: VerifyMode = VerifyMode.ACCURACY
+    max_drop: float | str | None = None  # the accuracy guard's D; "default": by the scheme's bits; None: no guard
+    strict: bool = False  # guarded: fail over D instead of raising parts' precision (implies max_drop "default")
 
     def __post_init__(self):
-        scheme(self.format, self.quant)  # unknown format or quant raises, listing the known ones
+        s = scheme(self.format, self.quant)  # unknown format or quant raises, listing the known ones
         self.verify = VerifyMode(self.verify)
+        if self.strict and self.max_drop is None:
+            self.max_drop = DEFAULT
+        if self.max_drop == DEFAULT:
+            self.max_drop = default_max_drop(s.bits)
+
+    @property
+    def guard(self) -> Guard | None:
+        return None if self.max_drop is None else Guard(float(self.max_drop), self.strict)
 
 
 @dataclass
@@ -78,19 +97,64 @@ def export(model, cfg: ExportConfig, out: str | Path, progress: bool = True) -> 
     """Export the EdgeVLM `model` to a bundle at `out`, verified against `model` before it appears there."""
     s = scheme(cfg.format, cfg.quant)
     writer = exporter(cfg.format)
+    guard = cfg.guard
+    if guard is not None:
+        _check_guardable(writer, cfg, guard)
+    reference: dict = {}  # PyTorch's answers, shared by the guard's re-exports
     with atomic_dir(out, "bundle") as tmp:
-        fields = writer.write(model, s, tmp)
-        model.tokenizer.save(tmp / TOKENIZER)
-        manifest = build_manifest(model, cfg.format, s, tmp, fields)
-        write_manifest(tmp, manifest)
+        manifest = _finish(model, cfg.format, s, tmp, writer.write(model, s, tmp))
         if cfg.verify_limit > 0:
-            check = _smoke if cfg.verify == VerifyMode.SMOKE else _verify
+            check = _smoke if cfg.verify == VerifyMode.SMOKE else functools.partial(_verify, reference=reference)
             manifest["verification"] = check(writer, model, s, tmp, cfg, progress)
             write_manifest(tmp, manifest)
+        if guard is not None:
+            manifest = _guard(writer, model, s, tmp, cfg, guard, manifest, progress, reference)
     return ExportResult(Path(out), manifest)
 
 
-def _verify(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: bool) -> dict:
+def _finish(model, fmt: str, s, tmp: Path, fields: dict) -> dict:
+    """Add the tokenizer and the manifest to the format's files in `tmp`; the manifest."""
+    model.tokenizer.save(tmp / TOKENIZER)
+    manifest = build_manifest(model, fmt, s, tmp, fields)
+    write_manifest(tmp, manifest)
+    return manifest
+
+
+def _check_guardable(writer: Exporter, cfg: ExportConfig, guard: Guard) -> None:
+    """Refuse, before anything is written, a guard that could not act (no silent unguarded export)."""
+    if cfg.verify_limit <= 0 or cfg.verify != VerifyMode.ACCURACY or not writer.runs_here():
+        raise EdgeVLMError("--max-drop / --strict need the accuracy verification in the runtime "
+                           "(--verify accuracy, --verify-limit > 0, a runtime that runs on this system)")
+    if not guard.strict and not writer.guard_parts:
+        raise EdgeVLMError(f"{cfg.format} export has no mechanism yet to keep parts at a higher precision: "
+                           f"--max-drop needs --strict here (fail over the drop instead of re-exporting)")
+
+
+def _guard(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, guard: Guard, manifest: dict,
+           progress: bool, reference: dict) -> dict:
+    """`guard.enforce` over this export: each try re-writes `tmp` with some parts kept; the final manifest."""
+    keeper, state = None, {"manifest": manifest}
+
+    def keeper_parts() -> dict[str, str]:
+        nonlocal keeper
+        keeper = writer.keeper(model, s)
+        return keeper.parts
+
+    def attempt(keep: frozenset[str], verify: bool) -> dict | None:
+        for entry in tmp.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        state["manifest"] = _finish(model, cfg.format, s, tmp, keeper.write(tmp, keep))
+        return _verify(writer, model, s, tmp, cfg, progress, reference) if verify else None
+
+    record, verification = enforce(guard, manifest["verification"], keeper_parts, attempt)
+    final = state["manifest"]
+    final["verification"] = {**verification, "guard": record}  # free-form: readers of spec 1.0 accept it
+    write_manifest(tmp, final)
+    return final
+
+
+def _verify(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: bool,
+            reference: dict | None = None) -> dict:
     """Run the bundle in its runtime against PyTorch; where the runtime cannot run on this system (CoreML off
     macOS), the format's exporter checks what it can (`offline_verification`) and says what it skipped."""
     if not writer.runs_here():
@@ -101,7 +165,7 @@ def _verify(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: 
 
     runtime = load_runtime(tmp, threads=cfg.threads)
     try:
-        return verify(runtime, model, cfg.verify_data, cfg.verify_limit, progress=progress)
+        return verify(runtime, model, cfg.verify_data, cfg.verify_limit, progress=progress, reference=reference)
     finally:
         del runtime  # release file handles before the rename
 
@@ -114,7 +178,6 @@ def _smoke(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: b
 
     from edgevlm.bundle.image import load_image
     from edgevlm.data.shapes import write_shapes
-    from edgevlm.errors import EdgeVLMError
     from edgevlm.runtimes import load_runtime
 
     with tempfile.TemporaryDirectory() as d:
@@ -135,5 +198,5 @@ def _smoke(writer: Exporter, model, s, tmp: Path, cfg: ExportConfig, progress: b
             "generated_ids": ids, "load_s": round(loaded - t, 2), "generate_s": round(done - loaded, 2)}
 
 
-__all__ = ["EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "Exporter", "VerifyMode",
-           "export", "exporter"]
+__all__ = ["DEFAULT", "EXPORTER_MODULES", "FORMATS", "MANIFEST", "ExportConfig", "ExportResult", "Exporter",
+           "VerifyMode", "export", "exporter"]

@@ -8,13 +8,17 @@ llama.cpp splits a VLM in two GGUF files (format: https://github.com/ggml-org/gg
   layout of llama.cpp's `llama` graph (the others rotate halves, as transformers does), the same hyperparameter
   keys (layer-norm or RMS-norm epsilon, rotary dims for partial rotary), the byte-level BPE tokenizer as
   `gpt2` / `gpt-2`, plus `add_bos_token` and our prompt template as `tokenizer.chat_template`.
-  MoE-LLaVA LMs (edgevlm.models.moe) are written where llama.cpp has a graph for them: a Llama body as
-  Mixtral is (`llama` with `ffn_gate_inp` + stacked `ffn_{gate,up,down}_exps`, softmax top-k renormalised,
-  MoE-LLaVA's routing for k >= 2). llama.cpp's llama graph is MoE in every layer or none, so each dense layer
-  is written as E identical copies of its FFN behind an all-zero router: uniform gate, renormalised top-k
-  weights summing to one, output exactly the dense FFN's (at E times that layer's FFN bytes on disk). No
-  llama.cpp MoE graph has a StableLM or Phi-2 layer (LayerNorm, partial rotary; phimoe, qwen2moe, olmoe, …
-  use RMSNorm or do not renormalise), so those are refused in one line. Quantized
+  MoE-LLaVA LMs (edgevlm.models.moe) are written as the llama.cpp MoE graph their row's `GGUFSpec.moe` names,
+  with `ffn_gate_inp` + stacked `ffn_{gate,up,down}_exps` (softmax, top-k renormalised: MoE-LLaVA's routing for
+  k >= 2): a Llama body as Mixtral is (`llama`), a StableLM body as Phi-3.5-MoE is (`phimoe`). Both graphs are
+  MoE in every layer or none, so each dense layer is written as E identical copies of its FFN behind an
+  all-zero router: uniform gate, renormalised top-k weights summing to one, output exactly the dense FFN's (at
+  E times that layer's FFN bytes on disk). phimoe's graph normalises with RMSNorm (+ bias) where StableLM has
+  LayerNorm; the two agree on zero-mean input, and a pre-norm layer reads its residual stream only through
+  norms (LayerNorm ignores the stream's mean), so every tensor that writes the stream (token embeddings,
+  attention output, experts' down projections, and the mmproj's last linear layer for the image tokens) is
+  written with its output mean subtracted: the same logits, computed by phimoe's graph. No llama.cpp MoE graph
+  has Phi-2's layer (README: "GGUF: what llama.cpp cannot run"), so that is refused in one line. Quantized
   schemes are made by llama.cpp's own quantizer (`llama_model_quantize`, its standard Q8_0 / Q4_0 / Q4_K_M
   mixes) from a float32 file; each tensor it had to give another type because its rows do not fit the type's
   block (Q4_K needs rows that are a multiple of 256) is read from its log into the manifest.
@@ -37,7 +41,7 @@ from edgevlm.errors import EdgeVLMError
 from edgevlm.export.base import Exporter
 from edgevlm.export.decoder import arch_spec, head_dim, rotary_dims
 from edgevlm.export.gguf_vision import clip_projector, write_mmproj
-from edgevlm.models.archs import ARCHS, GGUFSpec, Norm
+from edgevlm.models.archs import ARCHS, GGUFMoE, GGUFSpec, Norm
 from edgevlm.models.checkpoint import unique_state
 from edgevlm.models.moe import MoE, decoder_layers
 from edgevlm.quant.schemes import Scheme
@@ -68,6 +72,24 @@ def gguf_spec(arch: str) -> GGUFSpec:
     return spec
 
 
+def moe_graph(model) -> GGUFMoE | None:
+    """The llama.cpp MoE graph `model`'s LM is written as; None for a dense LM; refused where there is none."""
+    arch = model.cfg.llm.arch
+    if not model.cfg.moe.num_experts:
+        return None
+    moe = gguf_spec(arch).moe
+    if moe is None:
+        raise EdgeVLMError(f"llama.cpp has no MoE graph with a {arch} layer (README: \"GGUF: what llama.cpp "
+                           f"cannot run\"); export this MoE model to onnx, executorch or coreml")
+    return moe
+
+
+def llama_cpp_arch(model) -> str:
+    """The llama.cpp architecture of `model`'s text GGUF."""
+    moe = moe_graph(model)
+    return moe.arch if moe else gguf_spec(model.cfg.llm.arch).arch
+
+
 def write(model, scheme: Scheme, out_dir: Path) -> dict:
     """Write `model-<quant>.gguf` + `mmproj-<quant>.gguf` into `out_dir`; return the manifest's runtime fields."""
     text_ftype = TEXT_FILE_TYPES[scheme.text_decoder.mechanism]
@@ -82,11 +104,13 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
         write_text_model(model, master, f16=False)
         fallbacks = quantize_text_model(master, out_dir / text, text_ftype)
         master.unlink()
-    vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, vision_type)
+    moe = moe_graph(model)
+    vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, vision_type,
+                                                  center_output=bool(moe and moe.layer_norm_as_rms))
     return {
         "text_model": text,
         "mmproj": mmproj,
-        "architecture": gguf_spec(model.cfg.llm.arch).arch,
+        "architecture": llama_cpp_arch(model),
         "projector_type": clip_projector(model.cfg).projector_type,
         "text_file_type": text_ftype.name,
         "tensor_types": {text: file_tensor_types(out_dir / text), mmproj: vision_types},
@@ -103,21 +127,29 @@ def check_exportable(model) -> None:
     if hf.hidden_act not in spec.activations:
         raise EdgeVLMError(f"llama.cpp's {spec.arch} graph computes {' / '.join(spec.activations)}, this model's "
                            f"FFN uses {hf.hidden_act!r}")
-    if cfg.moe.num_experts and not spec.moe:
-        raise EdgeVLMError(f"llama.cpp has no MoE graph with a {cfg.llm.arch} layer (its MoE architectures use "
-                           f"RMSNorm or unnormalised top-k); export this MoE model to onnx, executorch or coreml")
-    if cfg.moe.num_experts and cfg.moe.top_k < 2:
+    moe = moe_graph(model)
+    if moe and cfg.moe.top_k < 2:
         raise EdgeVLMError("llama.cpp renormalises top-1 routing weights to 1, MoE-LLaVA's top-1 keeps the "
                            "probability; export this top-1 MoE model to onnx, executorch or coreml")
-    clip_projector(cfg)
+    if moe and ARCHS[cfg.llm.arch].decoder.parallel(hf) != moe.parallel_residual:
+        raise EdgeVLMError(f"llama.cpp's {moe.arch} graph runs attention and FFN "
+                           f"{'in parallel' if moe.parallel_residual else 'one after the other'}, this {cfg.llm.arch} "
+                           f"model does not; export this MoE model to onnx, executorch or coreml")
+    if moe and any(".mlp." in key and key.endswith(".bias") for key in model.llm.state_dict()):
+        raise EdgeVLMError(f"llama.cpp's {moe.arch} graph has bias-free experts, this model's FFN has biases; "
+                           f"export this MoE model to onnx, executorch or coreml")
+    proj = clip_projector(cfg)
+    if moe and moe.layer_norm_as_rms and proj.output is None:
+        raise EdgeVLMError(f"llama.cpp's {moe.arch} graph needs zero-mean image embeddings, and the "
+                           f"{proj.projector_type} projector does not end in a linear layer that can be centred")
 
 
 # ---- the text model ---------------------------------------------------------------------------------------------
 def text_tensors(model) -> dict[str, np.ndarray]:
     """llama.cpp name → float32 array, q/k permuted as convert_hf_to_gguf.py's LlamaModel does."""
     cfg = model.cfg.llm
-    spec = gguf_spec(cfg.arch)
-    names = gguf.get_tensor_name_map(LLAMA_CPP_ARCHS[spec.arch], cfg.num_layers)
+    spec, moe = gguf_spec(cfg.arch), moe_graph(model)
+    names = gguf.get_tensor_name_map(LLAMA_CPP_ARCHS[llama_cpp_arch(model)], cfg.num_layers)
     out = {}
     for key, t in unique_state(model.llm).items():
         if model.cfg.moe.num_experts and ".mlp." in key:
@@ -126,14 +158,39 @@ def text_tensors(model) -> dict[str, np.ndarray]:
         if name is None:
             raise EdgeVLMError(f"LLM tensor {key!r} has no llama.cpp name")
         data = t.float().numpy()
-        if spec.permute_qk and key.endswith("q_proj.weight"):
+        if spec.permute_qk and key.endswith(("q_proj.weight", "q_proj.bias")):
             data = rotary_permute(data, cfg.num_heads)
-        elif spec.permute_qk and key.endswith("k_proj.weight"):
+        elif spec.permute_qk and key.endswith(("k_proj.weight", "k_proj.bias")):
             data = rotary_permute(data, cfg.num_kv_heads)
         out[name] = data
-    if model.cfg.moe.num_experts:
+    if moe:
         out.update(expert_tensors(model.llm, model.cfg.moe.num_experts))
+        out = fit_moe_graph(out, moe)
     return out
+
+
+# tensors that write the residual stream → the axis of their output features (torch layout: (out, in))
+RESIDUAL_WRITERS = {"token_embd.weight": -1, "attn_output.weight": -2, "attn_output.bias": -1,
+                    "ffn_down_exps.weight": -2}
+
+
+def fit_moe_graph(tensors: dict[str, np.ndarray], moe: GGUFMoE) -> dict[str, np.ndarray]:
+    """What `moe`'s graph needs beyond the names: for an RMSNorm graph running our LayerNorm, a zero-mean
+    residual stream (see the module docstring), and the zero biases it requires."""
+    if moe.layer_norm_as_rms:
+        tensors.setdefault("output.weight", tensors["token_embd.weight"])  # a tied head is not centred
+        for name, data in tensors.items():
+            axis = RESIDUAL_WRITERS.get(_per_layer(name))
+            if axis is not None:
+                tensors[name] = data - data.mean(axis=axis, keepdims=True)
+    for name in [n for n in tensors if _per_layer(n) in {f"{b}.weight" for b in moe.zero_biases}]:
+        tensors.setdefault(name.removesuffix("weight") + "bias", np.zeros(tensors[name].shape[0], np.float32))
+    return tensors
+
+
+def _per_layer(name: str) -> str:
+    """`blk.3.attn_output.weight` → `attn_output.weight`; names outside the blocks unchanged."""
+    return name.split(".", 2)[-1] if name.startswith("blk.") else name
 
 
 def expert_tensors(llm, num_experts: int) -> dict[str, np.ndarray]:
@@ -158,8 +215,8 @@ def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_text_model(model, path: Path, f16: bool) -> None:
-    cfg, row = model.cfg.llm, ARCHS[model.cfg.llm.arch]
-    w = gguf.GGUFWriter(str(path), gguf_spec(cfg.arch).arch)
+    cfg, row, moe = model.cfg.llm, ARCHS[model.cfg.llm.arch], moe_graph(model)
+    w = gguf.GGUFWriter(str(path), llama_cpp_arch(model))
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(f"edgevlm {model.cfg.family} LM")
     w.add_block_count(cfg.num_layers)
@@ -169,7 +226,7 @@ def write_text_model(model, path: Path, f16: bool) -> None:
     w.add_head_count(cfg.num_heads)
     w.add_head_count_kv(cfg.num_kv_heads)
     w.add_rope_freq_base(cfg.rope_theta)
-    if row.norm is Norm.RMS:
+    if row.norm is Norm.RMS or (moe and moe.layer_norm_as_rms):
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     else:
         w.add_layer_norm_eps(cfg.rms_norm_eps)
@@ -177,7 +234,7 @@ def write_text_model(model, path: Path, f16: bool) -> None:
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_rope_dimension_count(rotary_dims(model.llm.config))
-    if model.cfg.moe.num_experts:
+    if moe:
         w.add_expert_count(model.cfg.moe.num_experts)
         w.add_expert_used_count(model.cfg.moe.top_k)
     w.add_file_type(FT.MOSTLY_F16 if f16 else FT.ALL_F32)

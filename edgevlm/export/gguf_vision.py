@@ -7,7 +7,9 @@ Which graph runs is fixed by the projector type:
 - `mlp`, `ldp`, `ldpv2` run clip.cpp's llava graph (tools/mtmd/models/llava.cpp): CLIP with its class token and
   pre-layernorm, dropped after the tower; `mlp` also after a SigLIP tower (no class token, no pre-layernorm,
   every patch kept: Bunny's 27 x 27 = 729 at 384 px). MobileVLM's LDP / LDPv2 graphs hard-code a 24 x 24 grid.
-  TinyLLaVA's rule of dropping SigLIP's first patch (728 tokens) has no clip.cpp switch, so it is refused.
+  TinyLLaVA-Factory's rule of dropping SigLIP's first patch (728 tokens) has no clip.cpp switch (the llava
+  graph skips a row only for a class token, and no graph emits 27 x 27 - 1 tokens), so it is refused; the
+  change llama.cpp would need is drafted in docs/upstream/llama-cpp-drop-first-patch.md.
 - `idefics3` runs the SigLIP graph (no class token) and then pixel shuffle + one linear.
 Only the tower blocks that LLaVA's feature layer uses are written, and no post-layernorm: the llava graph is
 told the feature layer explicitly (`clip.vision.feature_layer`), the SigLIP graph runs every block it is given.
@@ -40,6 +42,8 @@ class ClipProjector:
     towers: tuple[VisionKind, ...]  # the towers clip.cpp's graph for this type runs
     renames: tuple[tuple[str, str], ...]  # our state-dict prefix → clip.cpp tensor prefix
     grid: int | None = None  # the patch grid the graph hard-codes, if any
+    output: str | None = None  # the clip.cpp name of the linear layer that makes the image tokens (None: the
+    # graph ends otherwise); a text graph that needs zero-mean input embeddings gets it centred
 
     def tensor_name(self, key: str) -> str:
         for ours, theirs in self.renames:
@@ -50,13 +54,13 @@ class ClipProjector:
 
 CLIP_PROJECTORS: Registry[ClipProjector] = Registry("projector for llama.cpp (GGUF)")
 CLIP_PROJECTORS.register("mlp2x_gelu")(ClipProjector("mlp", (VisionKind.CLIP, VisionKind.SIGLIP),
-                                                     (("projector.mlp.", "mm."),)))
+                                                     (("projector.mlp.", "mm."),), output="mm.2"))
 CLIP_PROJECTORS.register("ldp")(ClipProjector("ldp", (VisionKind.CLIP,), (("projector.", "mm.model."),), grid=24))
 CLIP_PROJECTORS.register("ldpv2")(ClipProjector(
     "ldpv2", (VisionKind.CLIP,), (("projector.mlp.mlp.", "mm.model.mlp."), ("projector.peg.peg.", "mm.model.peg.")),
     grid=24))
 CLIP_PROJECTORS.register("pixel_shuffle")(ClipProjector(
-    "idefics3", (VisionKind.SIGLIP,), (("projector.proj.", "mm.model.fc."),)))
+    "idefics3", (VisionKind.SIGLIP,), (("projector.proj.", "mm.model.fc."),), output="mm.model.fc"))
 
 
 def clip_projector(cfg: VLMConfig) -> ClipProjector:
@@ -73,7 +77,8 @@ def clip_projector(cfg: VLMConfig) -> ClipProjector:
         kept = "all patches" if cfg.vision.kind is VisionKind.SIGLIP else "the patches, not the class token"
         raise EdgeVLMError(f"llama.cpp hands the projector {kept} of a {cfg.vision.kind.value} tower; this model "
                            f"{'drops' if cfg.vision.drop_first_token else 'keeps'} the first token "
-                           f"({cfg.vision.num_features} features); export it to onnx, executorch or coreml")
+                           f"({cfg.vision.num_features} features; README: \"GGUF: what llama.cpp cannot run\"); "
+                           f"export it to onnx, executorch or coreml")
     if proj.grid is not None and cfg.vision.grid != proj.grid:
         raise EdgeVLMError(f"llama.cpp's {proj.projector_type} graph needs a {proj.grid}x{proj.grid} patch grid, "
                            f"this tower has {cfg.vision.grid}x{cfg.vision.grid}")
@@ -83,8 +88,10 @@ def clip_projector(cfg: VLMConfig) -> ClipProjector:
     return proj
 
 
-def vision_tensors(model, proj: ClipProjector) -> dict[str, np.ndarray]:
-    """clip.cpp name → float32 array, for the tower blocks in use and the projector."""
+def vision_tensors(model, proj: ClipProjector, center_output: bool = False) -> dict[str, np.ndarray]:
+    """clip.cpp name → float32 array, for the tower blocks in use and the projector; `center_output`: the
+    projector's last linear layer with its output mean subtracted (image tokens of mean zero, for a text graph
+    that runs LayerNorm as RMSNorm: edgevlm.export.gguf)."""
     cfg = model.cfg.vision
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, cfg.num_layers)
     out = {}
@@ -102,6 +109,9 @@ def vision_tensors(model, proj: ClipProjector) -> dict[str, np.ndarray]:
         out[proj.tensor_name("projector." + key)] = data
     if "v.class_embd" in out:
         out["v.class_embd"] = out["v.class_embd"].reshape(-1)
+    if center_output:  # weight (D_llm, D_in) and bias (D_llm,): the output features are axis 0 of both
+        for name in (f"{proj.output}.weight", f"{proj.output}.bias"):
+            out[name] = out[name] - out[name].mean(axis=0, keepdims=True)
     return _fix_ffn_naming(out, cfg.hidden_size)
 
 
@@ -123,8 +133,10 @@ def _fix_ffn_naming(tensors: dict[str, np.ndarray], d: int) -> dict[str, np.ndar
     return tensors
 
 
-def write_mmproj(model, path: Path, quant: gguf.GGMLQuantizationType) -> tuple[dict[str, str], list[dict]]:
-    """Write the mmproj for `model`; weight matrices get `quant` (F16 where their rows do not fit its block).
+def write_mmproj(model, path: Path, quant: gguf.GGMLQuantizationType,
+                 center_output: bool = False) -> tuple[dict[str, str], list[dict]]:
+    """Write the mmproj for `model`; weight matrices get `quant` (F16 where their rows do not fit its block);
+    `center_output`: see `vision_tensors`.
 
     Returns clip.cpp tensor name → GGML type written, and the fallbacks.
     """
@@ -132,7 +144,7 @@ def write_mmproj(model, path: Path, quant: gguf.GGMLQuantizationType) -> tuple[d
     w = gguf.GGUFWriter(str(path), "clip")
     _write_keys(w, model.cfg, proj, quant == F16)
     types, fallbacks = {}, []
-    for name, data in vision_tensors(model, proj).items():
+    for name, data in vision_tensors(model, proj, center_output).items():
         qtype = _vision_type(name, data, quant)
         try:
             packed = gguf.quants.quantize(data, qtype)

@@ -9,8 +9,10 @@ graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_gen
 Quantization uses onnxruntime.quantization (docs/architecture.md, Quantization): fp16 via
 `onnxruntime.transformers.float16` with float32 inputs and outputs kept; int8 via `quantize_dynamic` (MatMul →
 MatMulInteger, per-channel int8 weights, dynamic int8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
-symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8. The token embedding stays
-float. Every graph passes `onnx.checker.check_model(full_check=True)`.
+symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8; int2 the same at 2 bits, LM
+head included (lossy on purpose: what the accuracy guard, export/guard.py, raises parts out of, to dynamic int8
+by leaving their nodes out of MatMulNBits: `ONNXKeeper`). The token embedding stays float. Every graph passes
+`onnx.checker.check_model(full_check=True)`.
 Specs: https://onnx.ai/onnx/repo-docs/ExternalData.html,
 https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 """
@@ -18,11 +20,14 @@ https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
+import re
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,10 +36,10 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from edgevlm.export.base import Exporter
+from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.contract import contract_modules
 from edgevlm.export.decoder import PlainDecoder
-from edgevlm.quant.schemes import Scheme
+from edgevlm.quant.schemes import Part, Scheme
 from edgevlm.registry import Registry
 
 OPSET = 20
@@ -87,8 +92,9 @@ def kv_names(layers: int, pattern: str) -> list[str]:
     return [pattern % (i, kv) for i in range(layers) for kv in ("key", "value")]
 
 
-def export_graphs(model) -> dict[str, onnx.ModelProto]:
-    """The three fp32 graphs of an EdgeVLM, with named dynamic axes."""
+def export_graphs(model, mark_parts: bool = False) -> dict[str, onnx.ModelProto]:
+    """The three fp32 graphs of an EdgeVLM, with named dynamic axes; with `mark_parts`, the decoder's nodes are
+    named after the guard part they belong to (`part_nodes`)."""
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past", min=0)
     parts = contract_modules(model.vision, model.projector, model.llm,
                              lambda llm: PastPresentDecoder(llm, model.cfg.llm.arch))
@@ -114,6 +120,8 @@ def export_graphs(model) -> dict[str, onnx.ModelProto]:
             program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                         output_names=outputs, dynamic_shapes=dynamic, verbose=False)
             graphs[name] = program.model_proto
+    if mark_parts:
+        _mark_parts(graphs["decoder"].graph, L)
     for graph in graphs.values():
         _mark_routers(graph.graph)
         _strip_debug_info(graph.graph)
@@ -126,6 +134,31 @@ def _mark_routers(graph: onnx.GraphProto) -> None:
     for node in graph.node:
         if any(m.key == "namespace" and f"{ROUTER}:" in m.value for m in node.metadata_props):
             node.name = ROUTER_NODE + node.name
+
+
+def _decoder_part(namespace: str, layers: int) -> str | None:
+    """The guard part (export.guard.PARTS) of a decoder node traced inside module path `namespace`."""
+    if "core.lm_head:" in namespace:
+        return "lm_head"
+    layer = re.search(r"core\.layers\.(\d+)[.:]", namespace)
+    if layer is None:
+        return None
+    i = int(layer.group(1))
+    return "first_layer" if i == 0 else "last_layer" if i == layers - 1 else "middle_layers"
+
+
+def _mark_parts(graph: onnx.GraphProto, layers: int) -> None:
+    """Prefix the decoder's nodes with their guard part (`part/`), read from the exporter's module paths."""
+    for node in graph.node:
+        namespace = next((m.value for m in node.metadata_props if m.key == "namespace"), "")
+        part = _decoder_part(namespace, layers)
+        if part is not None:
+            node.name = f"{part}/{node.name}"
+
+
+def part_nodes(graph: onnx.ModelProto, part: str) -> list[str]:
+    """Names of the MatMuls of guard part `part` in a graph traced with `mark_parts` (routers excluded)."""
+    return [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith(f"{part}/")]
 
 
 def _strip_debug_info(graph: onnx.GraphProto) -> None:
@@ -190,27 +223,37 @@ def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx
         return onnx.load(out)
 
 
-def int4_block32(graph: onnx.ModelProto) -> onnx.ModelProto:
-    """MatMul → MatMulNBits (int4, block 32, accuracy level 4), except the LM head: dynamic int8.
+@dataclass(frozen=True)
+class NBits:
+    """MatMul → MatMulNBits (`bits`, block `block`, symmetric, accuracy level 4: int8 activations on CPU); the
+    LM head too unless `int8_head`, and the nodes in `keep` (what the accuracy guard raised) get dynamic int8.
 
     An int4 LM head cost two points on `shapes` (quickstart model, 103-question slice: 0.417 vs PyTorch 0.437);
     an int8 one costs none (0.437) and adds 1% to the tiny int4 bundle.
     """
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    head = [n.name for n in graph.graph.node if n.op_type == "MatMul" and "logits" in n.output]
-    quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=32, is_symmetric=True, accuracy_level=4,
-                                     nodes_to_exclude=head + router_nodes(graph))
-    with quiet():
-        quantizer.process()
-    return dynamic_int8(quantizer.model.model, nodes=head) if head else quantizer.model.model
+    bits: int
+    block: int
+    int8_head: bool
+
+    def __call__(self, graph: onnx.ModelProto, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        head = [n.name for n in graph.graph.node if n.op_type == "MatMul" and "logits" in n.output]
+        int8 = (head if self.int8_head else []) + list(keep)
+        quantizer = MatMulNBitsQuantizer(graph, bits=self.bits, block_size=self.block, is_symmetric=True,
+                                         accuracy_level=4, nodes_to_exclude=int8 + router_nodes(graph))
+        with quiet():
+            quantizer.process()
+        return dynamic_int8(quantizer.model.model, nodes=int8) if int8 else quantizer.model.model
 
 
 # the format's quantizers (ModelProto → ModelProto), by the names the `onnx` rows of quant/schemes.py give
 MECHANISMS: Registry[Callable[[onnx.ModelProto], onnx.ModelProto]] = Registry("onnx quantization mechanism")
 MECHANISMS.register("fp16")(to_fp16)
 MECHANISMS.register("dynamic_int8")(dynamic_int8)
-MECHANISMS.register("int4_block32")(int4_block32)
+MECHANISMS.register("int4_block32")(NBits(4, 32, int8_head=True))
+MECHANISMS.register("int2_block32")(NBits(2, 32, int8_head=False))
 
 
 # ---- files --------------------------------------------------------------------------------------------------------
@@ -248,13 +291,15 @@ def op_counts(graph: onnx.ModelProto, ops=("MatMul", "MatMulInteger", "MatMulNBi
     return {op: counts[op] for op in ops if counts[op]}
 
 
-def write(model, scheme: Scheme, out_dir: Path) -> dict:
-    """Export, quantize, save and check the three graphs (+ the onnxruntime-genai text graph); manifest fields."""
+def write(model, scheme: Scheme, out_dir: Path, graphs: dict[str, onnx.ModelProto] | None = None,
+          keep: frozenset[str] = frozenset()) -> dict:
+    """Export, quantize, save and check the three graphs (+ the onnxruntime-genai text graph); manifest fields.
+    `graphs`: already traced (the guard's `Keeper`, with `mark_parts`); `keep`: guard parts kept at `KEPT`."""
     from edgevlm.export import onnx_genai
 
-    graphs = export_graphs(model)
+    graphs = export_graphs(model) if graphs is None else graphs
     for part, name in scheme.mechanisms().items():  # parts without a mechanism stay fp32
-        graphs[GRAPHS[part]] = MECHANISMS[name](graphs[GRAPHS[part]])
+        graphs[GRAPHS[part]] = _quantize(graphs[GRAPHS[part]], part, name, keep)
     fields = {"graphs": {name: {"file": GRAPH_FILES[name], **graph_io(g), "ops": op_counts(g)}
                          for name, g in graphs.items()}}
     externalize(list(graphs.values()), out_dir / WEIGHTS)
@@ -277,11 +322,55 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
     return fields
 
 
+# ---- the accuracy guard (export.guard): parts raised out of an NBits mechanism to dynamic int8 ------------------
+KEPT, KEPT_GETS = "dynamic_int8", "dynamic int8 per-channel"
+DECODER_PARTS = ("lm_head", "first_layer", "middle_layers", "last_layer")
+
+
+def _quantize(graph: onnx.ModelProto, part: str, name: str, keep: frozenset[str]) -> onnx.ModelProto:
+    """`part`'s graph through its scheme mechanism `name`, the guard parts in `keep` through `KEPT` instead."""
+    mechanism = MECHANISMS[name]
+    if not isinstance(mechanism, NBits):
+        return mechanism(graph)  # nothing lower than int8 to raise (keepable_parts offers none)
+    if part == "vision_encoder":
+        return MECHANISMS[KEPT](graph) if part in keep else mechanism(graph)
+    return mechanism(graph, keep=tuple(n for p in DECODER_PARTS if p in keep for n in part_nodes(graph, p)))
+
+
+def keepable_parts(scheme: Scheme, decoder: onnx.ModelProto) -> dict[str, str]:
+    """Guard parts below int8 in `scheme` → what they get kept; `decoder` traced with `mark_parts`."""
+    def lowered(p: Part) -> NBits | None:
+        mechanism = None if p.mechanism is None else MECHANISMS[p.mechanism]
+        return mechanism if isinstance(mechanism, NBits) else None
+
+    parts = ["vision_encoder"] if lowered(scheme.vision_encoder) else []
+    text = lowered(scheme.text_decoder)
+    if text is not None:
+        parts += [p for p in DECODER_PARTS if part_nodes(decoder, p) and not (p == "lm_head" and text.int8_head)]
+    return {p: KEPT_GETS for p in parts}
+
+
+class ONNXKeeper(Keeper):
+    """Traces the model once (`mark_parts`); each write quantizes a copy of that trace."""
+
+    def __init__(self, model, scheme: Scheme):
+        self.model, self.scheme = model, scheme
+        self.traced = export_graphs(model, mark_parts=True)
+        self.parts = keepable_parts(scheme, self.traced["decoder"])
+
+    def write(self, out_dir: Path, keep: frozenset[str]) -> dict:
+        return write(self.model, self.scheme, out_dir, copy.deepcopy(self.traced), keep)
+
+
 class ONNX(Exporter):
     mechanisms = MECHANISMS
+    guard_parts = ("vision_encoder", *DECODER_PARTS)
 
     def write(self, model, scheme: Scheme, out_dir: Path) -> dict:
         return write(model, scheme, out_dir)
+
+    def keeper(self, model, scheme: Scheme) -> Keeper:
+        return ONNXKeeper(model, scheme)
 
 
 EXPORTER = ONNX()

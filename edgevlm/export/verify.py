@@ -27,20 +27,31 @@ def reference_ids(model, image, questions: list[str], max_new_tokens: int) -> li
     return [model.generate(emb, model.prompt_ids(q), max_new_tokens=max_new_tokens) for q in questions]
 
 
+def _reference(model, image, key: str, questions: list[str], max_new_tokens: int, known: dict) -> list[list[int]]:
+    """PyTorch's answers, from `known` (by image key, question) where there, computed and added otherwise."""
+    keys = [(key, q, max_new_tokens) for q in questions]
+    if not all(k in known for k in keys):
+        known.update(zip(keys, reference_ids(model, image, questions, max_new_tokens)))
+    return [known[k] for k in keys]
+
+
 def verify(runtime: Runtime, model, data_dir: str | Path | None, limit: int = 100, max_new_tokens: int = 24,
-           progress: bool = True) -> dict:
+           progress: bool = True, reference: dict | None = None) -> dict:
     """Compare `runtime` with the PyTorch `model` on the first `limit` questions of `data_dir`.
 
     With no data dir, the `shapes` eval split (seed 0, 16 images) is generated in a temporary directory.
+    `reference`: PyTorch's answers by (image path in the data dir, question), filled on first use and reused by
+    the accuracy guard's re-exports of the same model (export.guard), which verify on the same questions.
     """
     if data_dir is None:
         from edgevlm.data.shapes import write_shapes
 
         with tempfile.TemporaryDirectory() as tmp:
             write_shapes(Path(tmp) / "eval", DEFAULT_IMAGES, DEFAULT_SEED, "eval", progress=False)
-            record = verify(runtime, model, Path(tmp) / "eval", limit, max_new_tokens, progress)
+            record = verify(runtime, model, Path(tmp) / "eval", limit, max_new_tokens, progress, reference)
         record["data"] = f"shapes eval split, seed {DEFAULT_SEED}, {DEFAULT_IMAGES} images (generated)"
         return record
+    data_dir = Path(data_dir)
     by_image: dict[Path, list[QARecord]] = defaultdict(list)
     for r in first_images(read_llava(data_dir), limit):
         by_image[r.image].append(r)
@@ -50,7 +61,8 @@ def verify(runtime: Runtime, model, data_dir: str | Path | None, limit: int = 10
         for path, recs in by_image.items():
             image, questions = load_image(path), [r.question for r in recs]
             ours = runtime.generate_many(image, questions, max_new_tokens)
-            ref = reference_ids(model, image, questions, max_new_tokens)
+            key = str(path.relative_to(data_dir) if path.is_relative_to(data_dir) else path)
+            ref = _reference(model, image, key, questions, max_new_tokens, {} if reference is None else reference)
             for r, a, b in zip(recs, ours, ref):
                 n += 1
                 same += a == b

@@ -44,13 +44,28 @@ class DecoderSpec:
 
 
 @dataclass(frozen=True)
+class GGUFMoE:
+    """The llama.cpp graph that runs the architecture with MoE-LLaVA's MoE layers (softmax, top-k renormalised,
+    experts in every layer: a dense layer is written as identical experts behind a zero router).
+
+    Its layer must compute ours exactly; what the exporter rewrites so that it does is said here.
+    """
+
+    arch: str  # the llama.cpp architecture name; its rotary layout must be the dense graph's (`permute_qk`)
+    parallel_residual: bool = False  # the graph's layer wiring; a model wired otherwise is refused
+    layer_norm_as_rms: bool = False  # the graph's RMSNorm (weight + bias) runs our LayerNorm: every tensor that
+    # writes the residual stream is written zero-mean (x - mean(x) = x there, so RMSNorm(x) = LayerNorm(x))
+    zero_biases: tuple[str, ...] = ()  # llama.cpp tensors whose bias the graph requires and our LM may lack
+
+
+@dataclass(frozen=True)
 class GGUFSpec:
     """How the architecture is written for llama.cpp (convert_hf_to_gguf.py's class for it)."""
 
     arch: str  # the llama.cpp architecture name (gguf.MODEL_ARCH_NAMES)
     activations: tuple[str, ...]  # transformers `hidden_act` values the llama.cpp graph computes (it fixes one)
     permute_qk: bool = False  # llama's graph rotates interleaved pairs (rope type NORM); the rest halves (NEOX)
-    moe: bool = False  # its graph runs routed experts with MoE-LLaVA's routing
+    moe: GGUFMoE | None = None  # the graph for its MoE-LLaVA variant; None: MoE models of this row are refused
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ def _row(arch: Arch) -> None:
 
 
 _row(Arch("llama", LlamaConfig, Norm.RMS, ("hidden_act", "attention_bias", "mlp_bias"), DecoderSpec(),
-          GGUFSpec("llama", ("silu",), permute_qk=True, moe=True)))
+          GGUFSpec("llama", ("silu",), permute_qk=True, moe=GGUFMoE("llama"))))  # as Mixtral
 _row(Arch("qwen2", Qwen2Config, Norm.RMS, ("hidden_act", "sliding_window", "use_sliding_window"),
           DecoderSpec(unsupported=("use_sliding_window",)),  # q/k/v biases: the Linear modules'
           GGUFSpec("qwen2", ("silu",))))
@@ -82,8 +97,13 @@ _row(Arch("phi3", Phi3Config, Norm.RMS, ("hidden_act", "sliding_window"),
 _row(Arch("phi", PhiConfig, Norm.LAYER, ("hidden_act", "qk_layernorm", "partial_rotary_factor"),
           DecoderSpec(parallel_residual=True, out_proj="dense", final_norm="final_layernorm",
                       unsupported=("qk_layernorm",)),
-          GGUFSpec("phi2", ("gelu_new", "gelu_pytorch_tanh"))))  # ggml_gelu: the tanh approximation
+          # ggml_gelu: the tanh approximation. No MoE graph: none has Phi's parallel layer with GELU experts
+          # (README, "GGUF: what llama.cpp cannot run")
+          GGUFSpec("phi2", ("gelu_new", "gelu_pytorch_tanh"))))
 _row(Arch("stablelm", StableLmConfig, Norm.LAYER,
           ("hidden_act", "use_qkv_bias", "use_parallel_residual", "qk_layernorm", "partial_rotary_factor"),
           DecoderSpec(parallel_residual="use_parallel_residual", unsupported=("qk_layernorm",)),
-          GGUFSpec("stablelm", ("silu",))))
+          # MoE: Phi-3.5-MoE's graph (phi3's sequential layer, RMSNorm with bias, q/k/v biases, NEOX partial
+          # rotary by rope.dimension_count, SwiGLU experts); the parallel-residual variant is refused
+          GGUFSpec("stablelm", ("silu",), moe=GGUFMoE("phimoe", layer_norm_as_rms=True,
+                                                      zero_biases=("attn_output", "output")))))

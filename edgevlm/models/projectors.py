@@ -5,8 +5,8 @@ Module trees mirror the upstream implementations so upstream checkpoints load by
 - `ldp`: MobileVLM's Lightweight Downsample Projector (arXiv:2312.16886): MLP, then two MobileNetV3 inverted
   residual blocks (depthwise 3x3 + LayerNorm2d + hardswish, squeeze-excite, 1x1 projection), the second with
   stride 2: 24x24 → 12x12.
-- `ldpv2`: MobileVLM V2 (arXiv:2402.03766): MLP, 2x2 average pool, depthwise-conv position injection (PEG)
-  with a residual.
+- `ldpv2`: MobileVLM V2 (arXiv:2402.03766): MLP, adaptive average pool to 12x12 (144 tokens, whatever the
+  grid), depthwise-conv position injection (PEG) with a residual.
 - `pixel_shuffle`: Idefics3 / SmolVLM space-to-depth by r, then one bias-free linear: r*r fewer tokens.
 """
 
@@ -130,6 +130,9 @@ class _PosInject(nn.Module):
         return self.peg(grid) + grid
 
 
+LDPV2_GRID = 12  # MobileVLM V2's TokenDownLayer: nn.AdaptiveAvgPool2d((12, 12)), whatever the tower's grid
+
+
 @PROJECTORS.register("ldpv2")
 class LDPv2Projector(nn.Module):
     def __init__(self, cfg: ProjectorConfig, d_vis: int, d_llm: int):
@@ -139,14 +142,27 @@ class LDPv2Projector(nn.Module):
 
     @staticmethod
     def num_tokens(cfg: ProjectorConfig, num_patches: int) -> int:
-        return (math.isqrt(num_patches) // 2) ** 2
+        return LDPV2_GRID**2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = _to_grid(self.mlp(x))  # (B, D_llm, 24, 24)
-        # MobileVLM V2 pools to a fixed 12x12; a plain 2x2 average pool is the same map for a 24x24 grid
-        # and exports to every runtime (adaptive pooling does not lower everywhere).
-        grid = F.avg_pool2d(grid, 2)
-        return _from_grid(self.peg(grid))
+        grid = _to_grid(self.mlp(x))  # (B, D_llm, H, H)
+        return _from_grid(self.peg(adaptive_avg_pool(grid, LDPV2_GRID)))
+
+
+def adaptive_avg_pool(grid: torch.Tensor, out: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(grid, out)` in ops every exporter lowers.
+
+    When the side divides by `out` it is a plain k x k average pool (24 → 12: 2 x 2, what llama.cpp's LDPv2
+    graph runs). Otherwise PyTorch's windows overlap ([floor(i H / out), ceil((i + 1) H / out))), which ONNX,
+    ExecuTorch and CoreML have no pooling op for; averaging is linear, so the same windows are applied as one
+    (out, H) matrix on each side."""
+    side = grid.shape[-1]
+    if side % out == 0:
+        return F.avg_pool2d(grid, side // out)
+    windows = [(i * side // out, -(-(i + 1) * side // out)) for i in range(out)]
+    rows = torch.tensor([[1.0 / (hi - lo) if lo <= j < hi else 0.0 for j in range(side)] for lo, hi in windows],
+                        dtype=grid.dtype, device=grid.device)  # a constant in traced programs
+    return rows @ grid @ rows.T
 
 
 @PROJECTORS.register("pixel_shuffle")

@@ -97,6 +97,11 @@ _table(
     Scheme("int4", vision_encoder=_ONNX_VISION, token_embedding=Part("fp32"),
            text_decoder=Part("MatMulNBits int4, block 32, accuracy level 4 (LM head: dynamic int8 per-channel)",
                              "int4_block32"), bits=4.5),
+    # lossy on purpose: what the accuracy guard (export.guard, `--max-drop`) raises parts out of, part by part
+    Scheme("int2", vision_encoder=Part("MatMulNBits int2, block 32, accuracy level 4", "int2_block32"),
+           token_embedding=Part("fp32"),
+           text_decoder=Part("MatMulNBits int2, block 32, accuracy level 4, LM head included", "int2_block32"),
+           bits=2.5),
 )
 _COREML_INT8 = Part("int8 per-channel linear", "int8_per_channel")
 _table(

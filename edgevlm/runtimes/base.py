@@ -20,6 +20,8 @@ from edgevlm.errors import EdgeVLMError
 from edgevlm.bundle.manifest import Bundle
 from edgevlm.config import MAX_NEW_TOKENS
 
+PHASES = ("image", "prefill", "decode")  # what profile() times, in this order
+
 
 @dataclass
 class Timing:
@@ -33,6 +35,7 @@ class Timing:
     # of each phase, the time spent inside the engine's own calls (ONNX session runs, ExecuTorch method
     # executions, llama.cpp's decode / mtmd calls); the rest of a phase is Python and data handling around them
     engine_ms: dict[str, float] = field(default_factory=dict)
+    engine_calls: dict[str, int] = field(default_factory=dict)  # of each phase, how many engine calls
 
     @property
     def ttft_ms(self) -> float:
@@ -56,24 +59,65 @@ class Runtime(ABC):
     """Answers questions about an image from a bundle's files, greedily."""
 
     name: str = ""  # the engine, e.g. "onnxruntime"
+    # the phases whose engine time the engine's own clock measures (`engine_clock`); () = it keeps none we can read
+    self_timed_phases: tuple[str, ...] = ()
 
-    def __init__(self, bundle: Bundle, threads: int | None = None):
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
+        """`self_timing`: also keep the engine's own clock (its profiler or perf counters, which cost time), read
+        at profile()'s phase bounds, so that `engine_self_ms` can check `Timing.engine_ms` independently."""
+        if self_timing and not self.self_timed_phases:
+            raise EdgeVLMError(f"{self.name or type(self).__name__} keeps no clock of its own that edgevlm reads",
+                               bundle.path)
         self.bundle = bundle
         self.threads = threads
         self.engine_s = 0.0  # seconds inside engine calls so far (`in_engine`): what profile() splits out
+        self.engine_calls = 0  # engine calls so far (`in_engine`)
+        self.self_timing = self_timing
+        self.self_marks: list = []  # `engine_clock()` at each phase bound of each profile() call, with self_timing
 
     @contextlib.contextmanager
     def in_engine(self):
         """Count the enclosed engine call's time in `engine_s` (two clock reads: ~0.1 us)."""
+        self.engine_calls += 1
         t = time.perf_counter()
         try:
             yield
         finally:
             self.engine_s += time.perf_counter() - t
 
-    def engine_split(self, marks: list[float]) -> dict[str, float]:
-        """Engine milliseconds of the image, prefill and decode phases, from `engine_s` read at their bounds."""
-        return {phase: (b - a) * 1e3 for phase, a, b in zip(("image", "prefill", "decode"), marks, marks[1:])}
+    def phase_bound(self) -> tuple[float, int]:
+        """(`engine_s`, `engine_calls`) at a phase bound of profile(); with self_timing, the engine's own clock is
+        read there too."""
+        if self.self_timing:
+            self.self_marks.append(self.engine_clock())
+        return self.engine_s, self.engine_calls
+
+    def engine_split(self, marks: list[tuple[float, int]]) -> tuple[dict[str, float], dict[str, int]]:
+        """Engine milliseconds and calls of the image, prefill and decode phases, from `phase_bound` marks."""
+        bounds = list(zip(PHASES, marks, marks[1:]))
+        return ({phase: (b[0] - a[0]) * 1e3 for phase, a, b in bounds},
+                {phase: b[1] - a[1] for phase, a, b in bounds})
+
+    def engine_clock(self):
+        """The engine's own account of its time so far, in whatever form `engine_elapsed_ms` reads (cheap: it is
+        read at every phase bound)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no clock of its own")
+
+    def engine_elapsed_ms(self, marks: list) -> list[float]:
+        """Milliseconds the engine itself counted between consecutive `engine_clock` marks."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no clock of its own")
+
+    def engine_self_ms(self) -> list[dict[str, float]]:
+        """For each profile() call so far (warm-ups included), the engine time of each of `self_timed_phases` by
+        the engine's own clock. Engines that report only when profiling ends (ONNX Runtime, ExecuTorch) end it
+        here: call this once, after the last profiled run."""
+        if not self.self_timing:
+            raise ValueError("the engine's own clock is read once, from a runtime opened with self_timing=True")
+        ms = self.engine_elapsed_ms(self.self_marks)
+        self.self_timing = False  # read: later calls are not self-timed
+        bounds = len(PHASES) + 1  # marks per profile() call
+        return [{p: ms[i + k] for k, p in enumerate(PHASES) if p in self.self_timed_phases}
+                for i in range(0, len(self.self_marks), bounds)]
 
     @abstractmethod
     def generate_many(self, image, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
@@ -165,11 +209,11 @@ class ContractRuntime(Runtime):
         return Trace(image_embeds, len(embeds), logits, tokens)
 
     def profile(self, image, question: str, new_tokens: int) -> Timing:
-        e = [self.engine_s]
+        e = [self.phase_bound()]
         t0 = time.perf_counter()
         image_embeds = self.encode_image(image)
         t1 = time.perf_counter()
-        e.append(self.engine_s)
+        e.append(self.phase_bound())
         embeds = self.prefill_embeds(image_embeds, question)
         if len(embeds) + new_tokens > self.bundle.max_context:
             raise EdgeVLMError(f"{len(embeds)} prompt positions + {new_tokens} new tokens exceed the bundle's "
@@ -177,10 +221,10 @@ class ContractRuntime(Runtime):
         self.reset()
         tok = int(np.argmax(self.text_decoder(embeds, 0)))
         t2 = time.perf_counter()
-        e.append(self.engine_s)
+        e.append(self.phase_bound())
         for pos in range(len(embeds), len(embeds) + new_tokens - 1):
             tok = int(np.argmax(self.text_decoder(self.token_embedding(np.asarray([tok], dtype=np.int64)), pos)))
         t3 = time.perf_counter()
-        e.append(self.engine_s)
+        e.append(self.phase_bound())
         return Timing((t1 - t0) * 1e3, len(embeds), (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3,
-                      self.engine_split(e))
+                      *self.engine_split(e))

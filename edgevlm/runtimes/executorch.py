@@ -14,6 +14,10 @@ runner (native/, C++) runs the same `.pte` without torch.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -43,9 +47,11 @@ def to_uint8(pre: ImagePreprocess, pixels: np.ndarray) -> np.ndarray:
 
 class ExecuTorchRuntime(ContractRuntime):
     name = "executorch"
+    # ETDump, the runtime's own event trace (Program load_program(enable_etdump=True)): `Method::execute` spans
+    self_timed_phases = ("image", "prefill", "decode")
 
-    def __init__(self, bundle: Bundle, threads: int | None = None):
-        super().__init__(bundle, threads)
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
+        super().__init__(bundle, threads, self_timing)
         import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (docs/dependencies.md)
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  llama::update_cache, custom_sdpa
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
@@ -56,8 +62,8 @@ class ExecuTorchRuntime(ContractRuntime):
             with native_quiet():  # the runtime's cpuinfo probing logs to stderr on every machine
                 if threads:
                     _unsafe_reset_threadpool(threads)
-                program = Runtime.get().load_program(path)
-                self.methods = {name: program.load_method(name) for name in METHODS}
+                self.program = Runtime.get().load_program(path, enable_etdump=self_timing)
+                self.methods = {name: self.program.load_method(name) for name in METHODS}
         except (RuntimeError, ValueError) as e:
             raise EdgeVLMError(f"ExecuTorch cannot load the program ({_first_line(e)})", path) from None
         if None in self.methods.values():
@@ -74,6 +80,29 @@ class ExecuTorchRuntime(ContractRuntime):
             return out.numpy()
         except RuntimeError as e:
             raise EdgeVLMError(f"ExecuTorch {name} failed ({_first_line(e)})", self.bundle.file(PTE)) from None
+
+    def engine_clock(self) -> int:
+        """Engine calls so far: each is one method execution, the k-th being the k-th `Method::execute` span."""
+        return self.engine_calls
+
+    def engine_elapsed_ms(self, marks: list[int]) -> list[float]:
+        """From the program's ETDump, written here: the `Method::execute` spans of the executions between marks
+        (ticks are nanoseconds on every platform ExecuTorch's default PAL runs on)."""
+        from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+
+        tmp = Path(tempfile.mkdtemp(prefix="edgevlm-etdump-"))
+        try:
+            self.program.write_etdump_result_to_file(str(tmp / "run.etdp"), str(tmp / "debug.bin"))
+            etdump = deserialize_from_etdump_flatcc((tmp / "run.etdp").read_bytes())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        spans = [(e.profile_event.start_time, e.profile_event.end_time) for run in etdump.run_data
+                 for e in run.events if e.profile_event and e.profile_event.name == "Method::execute"]
+        if len(spans) != self.engine_calls:  # an execution outside `in_engine`, or one ETDump missed
+            raise EdgeVLMError(f"ETDump holds {len(spans)} executions, edgevlm timed {self.engine_calls}",
+                               self.bundle.file(PTE))
+        ms = [(end - start) / 1e6 for start, end in sorted(spans)]
+        return [sum(ms[a:b]) for a, b in zip(marks, marks[1:])]
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
         if tuple(pixel_values.shape) != self.image_shape:

@@ -29,9 +29,12 @@ from edgevlm.engines.llamacpp import llama_log
 
 class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
+    # llama.cpp's perf counters time the context's decodes; mtmd keeps no clock on the image encoder's path
+    # (`mtmd_encode_chunk`; only mtmd-helper's eval logs whole milliseconds), so the image phase has none
+    self_timed_phases = ("prefill", "decode")
 
-    def __init__(self, bundle: Bundle, threads: int | None = None):
-        super().__init__(bundle, threads)
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
+        super().__init__(bundle, threads, self_timing)
         try:
             import llama_cpp
             from llama_cpp import mtmd_cpp
@@ -61,7 +64,7 @@ class LlamaCppRuntime(Runtime):
             cparams.n_threads = cparams.n_threads_batch = self.threads
         cparams.type_k = cparams.type_v = ll.GGML_TYPE_F32
         cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.no_perf = True
+        cparams.no_perf = not self.self_timing  # the perf counters: only when asked
         with llama_log() as log:
             self.ctx = ll.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -128,23 +131,32 @@ class LlamaCppRuntime(Runtime):
         raise EdgeVLMError("llama.cpp made no image chunk from the image", self.bundle.path)
 
     def profile(self, image, question: str, new_tokens: int) -> Timing:
-        e = [self.engine_s]
+        e = [self.phase_bound()]
         t0 = time.perf_counter()
         with self._image_chunk(image) as (chunk, embd):
             t1 = time.perf_counter()
-            e.append(self.engine_s)
+            e.append(self.phase_bound())
             ids = self.bundle.prompt_ids(question)
             pos = self._prefill(chunk, embd, ids, new_tokens)
             prompt_positions, tok = pos, self._argmax()
             t2 = time.perf_counter()
-            e.append(self.engine_s)
+            e.append(self.phase_bound())
             for _ in range(new_tokens - 1):
                 pos = self._decode([tok], pos)
                 tok = self._argmax()
             t3 = time.perf_counter()
-            e.append(self.engine_s)
+            e.append(self.phase_bound())
         return Timing((t1 - t0) * 1e3, prompt_positions, (t2 - t1) * 1e3, new_tokens - 1, (t3 - t2) * 1e3,
-                      self.engine_split(e))
+                      *self.engine_split(e))
+
+    def engine_clock(self) -> float:
+        """llama.cpp's own decode time so far (ms): prompt batches + single tokens, each counted from the decode's
+        start to the next synchronization (our logits read), by `llama_perf_context`."""
+        perf = self.ll.llama_perf_context(self.ctx)
+        return perf.t_p_eval_ms + perf.t_eval_ms
+
+    def engine_elapsed_ms(self, marks: list[float]) -> list[float]:
+        return [b - a for a, b in zip(marks, marks[1:])]
 
     def trace(self, image, question: str, new_tokens: int) -> Trace:
         with self._image_chunk(image) as (chunk, embd):

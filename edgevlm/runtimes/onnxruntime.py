@@ -12,6 +12,10 @@ Docs: https://onnxruntime.ai/docs/api/python/api_summary.html#iobinding
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,19 +122,28 @@ class OnnxRuntime(ContractRuntime):
     """The runtime contract over onnxruntime sessions; `threads` sets intra_op_num_threads."""
 
     name = "onnxruntime"
+    # session profiling (SessionOptions.enable_profiling): onnxruntime's own `model_run` time of every run
+    self_timed_phases = ("image", "prefill", "decode")
 
-    def __init__(self, bundle: Bundle, threads: int | None = None):
-        super().__init__(bundle, threads)
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
+        super().__init__(bundle, threads, self_timing)
         fields = bundle.runtime_fields
         for key in ("graphs", "opset", "kv_cache"):
             if key not in fields:
                 raise EdgeVLMError(f"manifest runtime section lacks {key!r}", bundle.path / MANIFEST)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        self.sessions = {name: open_session(bundle, entry, fields["opset"], options)
-                         for name, entry in fields["graphs"].items()}
+        self.sessions, self.runs = {}, {name: 0 for name in fields["graphs"]}  # runs: per session, so far
+        # the profiles' JSON files: read and removed by `engine_elapsed_ms` (onnxruntime writes them only then, or
+        # when a session is freed)
+        self.profile_dir = tempfile.mkdtemp(prefix="edgevlm-ort-profile-") if self_timing else None
+        for name, entry in fields["graphs"].items():
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if threads:
+                options.intra_op_num_threads = threads
+            if self_timing:
+                options.enable_profiling = True
+                options.profile_file_prefix = str(Path(self.profile_dir) / name)
+            self.sessions[name] = open_session(bundle, entry, fields["opset"], options)
         kv, inputs = fields["kv_cache"], fields["graphs"]["decoder"]["inputs"]
         self.past_names = [kv["past"] % (i, p) for i in range(kv["layers"]) for p in ("key", "value")]
         self.present_names = [kv["present"] % (i, p) for i in range(kv["layers"]) for p in ("key", "value")]
@@ -139,14 +152,39 @@ class OnnxRuntime(ContractRuntime):
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
         pixels = pixel_values.astype(np.float32)
-        with self.in_engine():
+        with self.running("vision"):
             out = self.sessions["vision"].run(["image_embeds"], {"pixel_values": pixels})
         return out[0][0]  # (N_img, D)
 
     def token_embedding(self, ids: np.ndarray) -> np.ndarray:
-        with self.in_engine():
+        with self.running("embedding"):
             out = self.sessions["embedding"].run(["inputs_embeds"], {"input_ids": ids[None]})
         return out[0][0]  # (T, D)
+
+    @contextlib.contextmanager
+    def running(self, session: str):
+        """One run of `session`: counted (the k-th run is the k-th `model_run` of its profile) and timed."""
+        self.runs[session] += 1
+        with self.in_engine():
+            yield
+
+    def engine_clock(self) -> dict[str, int]:
+        return dict(self.runs)
+
+    def engine_elapsed_ms(self, marks: list[dict[str, int]]) -> list[float]:
+        """From each session's profile, ended here: the `model_run` durations of the runs between marks."""
+        durations = {}
+        try:
+            for name, session in self.sessions.items():
+                with open(session.end_profiling()) as f:
+                    runs = [e["dur"] / 1e3 for e in json.load(f) if e.get("name") == "model_run"]
+                if len(runs) != self.runs[name]:
+                    raise EdgeVLMError(f"onnxruntime profiled {len(runs)} runs of {name}, edgevlm made "
+                                       f"{self.runs[name]}", self.bundle.path)
+                durations[name] = runs
+        finally:
+            shutil.rmtree(self.profile_dir, ignore_errors=True)
+        return [sum(sum(durations[n][a[n]:b[n]]) for n in durations) for a, b in zip(marks, marks[1:])]
 
     def reset(self) -> None:
         self.past = [ort.OrtValue.ortvalue_from_numpy(self.empty) for _ in self.past_names]
@@ -164,7 +202,7 @@ class OnnxRuntime(ContractRuntime):
             io.bind_ortvalue_input(name, value)
         for name in ["logits", *self.present_names]:
             io.bind_output(name, "cpu")
-        with self.in_engine():
+        with self.running("decoder"):
             session.run_with_iobinding(io)
         logits, *self.past = io.get_outputs()
         return logits.numpy()[0, -1]  # (V,)
