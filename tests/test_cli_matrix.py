@@ -30,14 +30,13 @@ QUANT = {"gguf": "q4_k", "onnx": "int4", "executorch": "int4"}
 # its cell into a create → export → run success case.
 REFUSED = {
     ("tinyllava-tiny", "gguf"): "drops the first token",
-    ("moe-llava-tiny", "gguf"): "llama.cpp has no MoE graph with a stablelm layer",
 }
 # Each cell costs what a user's export costs, its 103-question verification included: 20-50 s (gguf, onnx),
 # 75-105 s (executorch, most of it the exporter's lowering) on this 2-core machine, so the whole matrix (730 s)
-# runs only with EDGEVLM_CLI_MATRIX=all. By default (~95 s): one cell for each kind of twin whose 512-position
+# runs only with EDGEVLM_CLI_MATRIX=all. By default (~135 s): one cell for each kind of twin whose 512-position
 # context overflowed (SigLIP 729 tokens + Phi, CLIP 576 tokens + MoE StableLM; TinyLLaVA's 728 is Bunny's geometry
 # minus one token, and tests/test_presets.py checks every preset's context in 2 s), and the GGUF cells refused
-# today, which stay in the default run when REFUSED loses them (~35 s each then).
+# before or now (MoE-LLaVA as llama.cpp's phimoe graph; TinyLLaVA stays in the default run when REFUSED loses it).
 DEFAULT_CELLS = {("bunny-tiny", "gguf"), ("moe-llava-tiny", "onnx"), ("tinyllava-tiny", "gguf"),
                  ("moe-llava-tiny", "gguf")}
 ALL = os.environ.get("EDGEVLM_CLI_MATRIX") == "all"
