@@ -3,11 +3,18 @@ run, generate and round-trip through a model dir."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
+from edgevlm.data.llava import read_llava
+from edgevlm.data.shapes import write_shapes
+from edgevlm.evaluation import first_images
+from edgevlm.export import ExportConfig
+from edgevlm.export import verify as export_verify
 from edgevlm.models.factory import create, create_from_config
-from edgevlm.models.presets import get_preset
+from edgevlm.models.presets import PRESETS, get_preset
 from edgevlm.models.vlm import EdgeVLM
 
 # Published sizes of each preset's LM (the cited checkpoints' parameter counts) and image tokens.
@@ -70,3 +77,19 @@ def test_tiny_twins_run_generate_and_round_trip(name, kind, tokens, arch, tmp_pa
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.generate(loaded.encode_image(pixels), prompt, max_new_tokens=6) == out
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if n.endswith("-tiny")))
+def test_tiny_context_holds_the_default_verification(name, tmp_path):
+    """`edgevlm export`'s default verification asks the default `shapes` slice's questions and generates up to
+    `max_new_tokens` each: every prompt, image tokens included, and its answer must fit the preset's context
+    (512 positions could not hold SigLIP-384's 729 tokens: every export of bunny-tiny failed).
+    tests/test_cli_matrix.py runs the exports themselves."""
+    with torch.device("meta"):
+        model = create_from_config(get_preset(name))
+    data = write_shapes(tmp_path / "eval", export_verify.DEFAULT_IMAGES, export_verify.DEFAULT_SEED, "eval",
+                        progress=False)
+    questions = {r.question for r in first_images(read_llava(data), ExportConfig("onnx", "fp32").verify_limit)}
+    longest = max(len(model.prompt_ids(q)) - 1 + model.num_image_tokens for q in questions)  # <image> → N tokens
+    new_tokens = inspect.signature(export_verify.verify).parameters["max_new_tokens"].default
+    assert longest + new_tokens <= model.cfg.llm.max_position_embeddings, (longest, new_tokens)
