@@ -9,6 +9,17 @@
 
 #include <mutex>
 
+// ExecuTorch's thread pool (libexecutorch_threadpool, which XNNPACK and the LLM ops run on). The wheel ships the
+// library but not its header (extension/threadpool/threadpool.h), so the two calls used are declared here as
+// that header declares them; Python's `_unsafe_reset_threadpool` is the same call.
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
 #include "backend.hpp"
 #include "bpe_tokenizer.hpp"
 #include "error.hpp"
@@ -51,11 +62,18 @@ using executorch::extension::from_blob;
 using executorch::extension::Module;
 using executorch::runtime::EValue;
 
+
+// the requested threads (0: the pool's default, which ExecuTorch sizes from the CPU's performance cores)
+void set_threads(int threads) {
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  if (threads > 0 && pool != nullptr) pool->_unsafe_reset_threadpool(uint32_t(threads));
+}
+
 class EtBackend : public Backend {
  public:
-  EtBackend(const Bundle& bundle, int /*threads: the wheel's headers expose no thread-pool setting*/)
+  EtBackend(const Bundle& bundle, int threads)
       : bundle_(bundle), pte_(bundle.file("model.pte")), tokenizer_(bundle.file("tokenizer.json")),
-        module_((register_llama_ops(), pte_), Module::LoadMode::Mmap) {
+        module_((register_llama_ops(), set_threads(threads), pte_), Module::LoadMode::Mmap) {
     for (const char* m : {"vision_encoder", "token_embedding", "text_decoder"})
       if (module_.load_method(m) != executorch::runtime::Error::Ok)
         throw Error(std::string("ExecuTorch cannot load the method ") + m + " (" + last_error() + ")", pte_);
