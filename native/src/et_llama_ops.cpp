@@ -44,7 +44,7 @@ Tensor& update_cache_out(KernelRuntimeContext& ctx, const Tensor& value, Tensor&
 }
 
 // sum of a[d] * b[d] in 8 independent lanes: the compiler vectorizes it without reassociating a single sum
-inline float dot(const float* a, const float* b, int64_t D) {
+inline __attribute__((always_inline)) float dot(const float* a, const float* b, int64_t D) {
   float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
   for (; d + 8 <= D; d += 8)
@@ -54,7 +54,12 @@ inline float dot(const float* a, const float* b, int64_t D) {
   return total;
 }
 
-// one query vector against positions 0..n-1 of one KV head (rows `stride` floats apart): softmax(q.k * s) . v
+// one query vector against positions 0..n-1 of one KV head (rows `stride` floats apart): softmax(q.k * s) . v.
+// Compiled for AVX-512, AVX2 + FMA and the baseline, picked at load time by the CPU (GCC's function
+// multiversioning): the build stays portable and a modern x86 core gets its wide vectors.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#endif
 void attend(const float* qv, const float* k, const float* v, int64_t stride, int64_t D, int64_t n, float s,
             float* w, float* o) {
   float top = -INFINITY;
