@@ -5,9 +5,10 @@
 Both sides measure the same bundle with the same request (image, prompt, tokens, threads, warm-up + runs) and
 the same definitions (TTFT = image encode + prefill; decode without prefill; peak RSS = the measuring process's
 VmHWM). The two sides are interleaved — round r measures Python then native, round r+1 native then Python —
-so a machine that slows down between rounds (other load, heat) costs both sides alike; each bench call takes
-its own bandwidth reading, so the % of roofline is computed against the bandwidth of its own minute. Every
-figure is the median over rounds of each round's median, with the spread over rounds.
+so a machine that slows down between rounds (other load, heat) costs both sides alike. Every figure is the
+median over rounds of each round's median, with the spread over rounds. No % of roofline here: the two sides
+read the bandwidth with different probes (numpy's copy, the runner's memcpy), which disagreed by up to 2x in
+one run; the per-round readings stay in native.json.
 
 Writes `--work/results/native.json` and the section between the markers in docs/benchmarks.md (the report step
 of benchmarks/run.py keeps that section).
@@ -38,7 +39,6 @@ FIGURES = {
     "prefill_tok_s": lambda r: r["prefill_tok_s"]["median"],
     "ttft_s": lambda r: r["ttft_ms"]["median"] / 1e3,
     "decode_tok_s": lambda r: r["decode_tok_s"]["median"],
-    "roofline_pct": lambda r: r["roofline_pct"],
     "peak_rss_gb": lambda r: r["peak_rss_bytes"] / 1e9,
 }
 
@@ -78,14 +78,14 @@ def section(record: dict) -> str:
              f"interleaved round by round, {cfg.runs} timed runs after {cfg.warmup} warm-up per call, "
              f"{cfg.new_tokens} new tokens, {cfg.threads} threads; each figure is the median over the {rounds} "
              f"rounds (± half the range over rounds). Measured {when}.", "",
-             "| bundle | side | engine | image s | prefill tok/s | TTFT s | decode tok/s | % of roofline | "
-             "peak RSS GB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| bundle | side | engine | image s | prefill tok/s | TTFT s | decode tok/s | peak RSS GB |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for name, sides in per.items():
         for side in SIDES:
             s = summary(sides[side])
             lines.append(f"| {name} | {side} | {s['engine']} | " + " | ".join(
                 _pm(s[k], d) for k, d in (("image_s", 2), ("prefill_tok_s", 0), ("ttft_s", 2),
-                                          ("decode_tok_s", 1), ("roofline_pct", 0), ("peak_rss_gb", 2)))
+                                          ("decode_tok_s", 1), ("peak_rss_gb", 2)))
                          + " |")
     lines += ["", "Native ÷ Python (medians): " + "; ".join(
         f"{name}: decode {_ratio(s, 'decode_tok_s'):.2f}×, TTFT {_ratio(s, 'ttft_s'):.2f}×, "
