@@ -358,13 +358,22 @@ def _run_bench(a):
 
 def _add_quickstart(p):
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of the model's initial weights")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for training and evaluation (default: PyTorch's, one per core)")
 
 
 @command("quickstart", "data → tiny MobileVLM V2 → train → eval, in about ten minutes on a laptop CPU", _add_quickstart)
 def _run_quickstart(a):
-    from edgevlm.quickstart import quickstart
+    import torch
 
-    quickstart(a.out)
+    from edgevlm.quickstart import Recipe, quickstart
+
+    if a.threads is not None and a.threads < 1:
+        raise EdgeVLMError(f"--threads must be >= 1, got {a.threads}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    quickstart(a.out, Recipe(seed=a.seed))
 
 
 

@@ -153,12 +153,13 @@ def test_gguf_tokenizer_matches_tokenizer_json(tiny_bundle):
 
 
 # ---- the text GGUF against llama.cpp's own converter -----------------------------------------------------------
-def _llama_cpp_source() -> Path | None:
-    """llama.cpp's sources as vendored by llama-cpp-python (scripts/setup unpacks them; see `edgevlm info`)."""
+def _llama_cpp_source() -> Path:
+    """llama.cpp's sources as vendored by llama-cpp-python (scripts/setup unpacks them; see `edgevlm info`).
+    Missing sources are a setup failure, not a skip: the test fails and says so."""
     for root in (os.environ.get("EDGEVLM_LLAMA_CPP_SRC"), Path(sys.prefix) / "src" / "llama.cpp"):
         if root and (Path(root) / "convert_hf_to_gguf.py").is_file():
             return Path(root)
-    return None
+    pytest.fail("llama.cpp's convert_hf_to_gguf.py not found: run scripts/setup (or set EDGEVLM_LLAMA_CPP_SRC)")
 
 
 # our tokenizer is not in the converter's table of known pre-tokenizer hashes; it is plain GPT-2 byte-level BPE
@@ -176,8 +177,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.mark.parametrize("attention_bias", [False, True])
 def test_text_gguf_matches_convert_hf_to_gguf(attention_bias, tmp_path):
     src = _llama_cpp_source()
-    if src is None:
-        pytest.skip("llama.cpp's convert_hf_to_gguf.py not found (set EDGEVLM_LLAMA_CPP_SRC)")
     from transformers import PreTrainedTokenizerFast
 
     if attention_bias:  # q/k biases take the weights' rotary permutation; random, so that a wrong one shows

@@ -109,6 +109,8 @@ def test_quickstart_refuses_a_users_directory_in_its_way(tmp_path, capsys):
     _user_dir(tmp_path / "qs" / "data" / "train")
     fails(["quickstart", "--out", str(tmp_path / "qs")], capsys, "is a directory that is not an edgevlm data")
     assert (tmp_path / "qs" / "data" / "train" / "thesis.txt").read_text() == "four years of work"
+    fails(["quickstart", "--out", str(tmp_path / "qs2"), "--threads", "0"], capsys, "--threads must be >= 1, got 0")
+    assert not (tmp_path / "qs2").exists()
 
 
 @pytest.mark.parametrize("argv,needle", [
