@@ -27,7 +27,9 @@ from edgevlm.quant.schemes import scheme  # noqa: E402
 from edgevlm.engines.coreml import causal_mask  # noqa: E402
 
 PARITY_LIMIT = 100  # questions of the parity slice (103: whole images) run through the torch program
-MIN_IDENTICAL = {"fp16": 1.0, "int8": 0.92, "int4": 0.85}  # measured: 1.0, 0.94, 0.96 (2026-12-01)
+# measured: 1.0, 0.94, 0.96 (2026-12-01, an AVX512 Intel machine); fp16 0.990 on an AMD EPYC without AVX512
+# (2026-12-02): the test model answers near chance, so an fp16-rounded weight can flip one near-tie answer
+MIN_IDENTICAL = {"fp16": 0.98, "int8": 0.92, "int4": 0.85}
 
 
 # ---- the decoder the converter sees ---------------------------------------------------------------------------
