@@ -18,8 +18,8 @@ llama.cpp's LDPv2 graph assumes 24 x 24 patches) made narrower and shallower so 
 5 MB. Random weights give near-tie logits, and a greedy token that flips between engines (int4 kernels, wasm)
 would make the goldens flaky; so the model first memorises a caption of each golden image (a few seconds of
 Adam), which makes every greedy step a clear choice: vectors.json records each run's smallest top-1/top-2 gap.
-That training runs in float64 and its weights are then rounded to float16 values, so that the float-level
-differences between CPUs, thread counts or BLAS builds (1e-16 relative) cannot change a single committed bit.
+That training runs in float64 with its weights rounded to float16 values after every step, so that the
+float-level differences between CPUs, thread counts or BLAS builds (1e-16 relative) cannot change a committed bit.
 """
 
 from __future__ import annotations
@@ -138,20 +138,36 @@ def golden_model(images: dict[str, np.ndarray]) -> EdgeVLM:
 
 
 def memorise(model: EdgeVLM, cases: list[tuple[torch.Tensor, list[int], list[int]]]) -> None:
-    """Train a float64 copy of `model` on (pixels, prompt ids, answer ids); copy its weights back rounded to
-    float16 values, which float64 noise of ~1e-16 cannot move (a bit flips with odds of ~1e-12 per weight)."""
+    """Train a float64 copy of `model` on (pixels, prompt ids, answer ids), its weights rounded to float16 values
+    after every step, and copy them back.
+
+    Rounding every step is what makes the weights the same bits on every CPU: float64 kernels differ between
+    CPUs by ~1e-16, and over 60 Adam steps that difference grows (rounding only at the end, 30 of 0.25 M
+    weights came out one float16 step apart between an AVX512 Xeon and an AVX2 EPYC). Snapped back to the
+    float16 grid each step, the copies on two CPUs stay equal unless an update lands within ~1e-16 of a
+    rounding boundary: odds of ~1e-13 per weight and step.
+    """
     work = copy.deepcopy(model).double()
     torch.manual_seed(SEED)
     opt = torch.optim.Adam(work.parameters(), lr=MEMORISE_LR)
+    snap(work)
     for _ in range(MEMORISE_STEPS):
         opt.zero_grad()
         loss = sum(answer_loss(work, pixels.double(), prompt, answer) for pixels, prompt, answer in cases)
         loss.backward()
         opt.step()
+        snap(work)
     with torch.no_grad():
         for ours, trained in zip(model.parameters(), work.parameters()):
-            # + 0.0 makes a -0.0 +0.0: the sign of a zero (K biases, whose gradient is zero) follows the threads
-            ours.copy_(trained.to(torch.float16) + 0.0)
+            ours.copy_(trained)
+
+
+def snap(model: torch.nn.Module) -> None:
+    """Round every weight to the nearest float16 value (+ 0.0 makes a -0.0 +0.0: the sign of a zero, on K biases
+    whose gradient is zero, follows the threads)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.float16).to(p.dtype) + 0.0)
 
 
 def answer_loss(model: EdgeVLM, pixels: torch.Tensor, prompt: list[int], answer: list[int]) -> torch.Tensor:
@@ -357,15 +373,16 @@ and commit the result; `tests/test_goldens.py` regenerates them and fails on any
 The tiny MobileVLM V2 (`mobilevlm-v2-tiny`: CLIP 336/14, 576 patches → LDPv2 → 144 image tokens → Llama, the
 `shapes` tokenizer) at 32-wide, 2-layer tower and 64-wide, 2-layer LLM, {params:.2f} M parameters, so that
 everything here is {total:.2f} MB (the limit is 5 MB). It memorised each image's caption in {steps} Adam steps, so
-that greedy steps are clear choices rather than the near-ties of random weights (float64 training, weights then
-rounded to float16 values: the same bits on any CPU).
+that greedy steps are clear choices rather than the near-ties of random weights (float64 training, weights rounded
+to float16 values after every step: the same bits on any CPU).
 
 | bundle | size |
 |---|---|
 {rows}
 
 ## Comparing
-Every file here is byte-deterministic (two regenerations, with 1 and 2 torch threads, gave the same bytes),
+Every file here is byte-deterministic (regenerations with 1 and 2 torch threads gave the same bytes, on an
+AVX512 Xeon before the per-step rounding and on an AVX2-only EPYC after it),
 so `tests/test_goldens.py` compares every file by sha256 and vectors.json value by value: integers, strings
 and hashes exactly, floats within 1e-4 (relative and absolute; here they are equal); a client on another engine (onnxruntime-web, llama.cpp's C++ API,
 ExecuTorch's C++ runtime) should match fp32 bundles to ~1e-4 relative, and quantized bundles produce the same

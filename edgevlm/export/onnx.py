@@ -8,7 +8,7 @@ graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_gen
 
 Quantization uses onnxruntime.quantization (docs/architecture.md, Quantization): fp16 via
 `onnxruntime.transformers.float16` with float32 inputs and outputs kept; int8 via `quantize_dynamic` (MatMul →
-MatMulInteger, per-channel int8 weights, dynamic int8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
+MatMulInteger, per-channel uint8 weights, dynamic uint8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
 symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8; int2 the same at 2 bits, LM
 head included (lossy on purpose: what the accuracy guard, export/guard.py, raises parts out of, to dynamic int8
 by leaving their nodes out of MatMulNBits: `ONNXKeeper`). The token embedding stays float. Every graph passes
@@ -208,17 +208,20 @@ def router_nodes(graph: onnx.ModelProto) -> list[str]:
 
 
 def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx.ModelProto:
-    """MatMul → MatMulInteger with int8 weights per output channel (`nodes`, or all but routers).
+    """MatMul → MatMulInteger with 8-bit weights per output channel (`nodes`, or all but routers).
 
     Per-tensor weights lost a point on `shapes` (quickstart model, 103-question slice: 0.427 vs PyTorch 0.437);
-    per-channel lost none.
+    per-channel lost none. The weights are uint8 with a zero point per channel (U8U8), not int8 (U8S8): on x86
+    CPUs without VNNI, onnxruntime runs U8S8 with an instruction that saturates 16-bit pair sums, so the same
+    bundle answered differently by host (tests' tiny model, AMD EPYC with AVX2 only: 76% of answers identical to
+    PyTorch with int8 weights, 100% with uint8; 100% both ways on an AVX512-VNNI Xeon). U8U8 never saturates.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp, quiet():
         out = Path(tmp) / "q.onnx"
         quantize_dynamic(graph, out, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_quantize=nodes,
-                         nodes_to_exclude=router_nodes(graph), weight_type=QuantType.QInt8,
+                         nodes_to_exclude=router_nodes(graph), weight_type=QuantType.QUInt8,
                          use_external_data_format=True)
         return onnx.load(out)
 

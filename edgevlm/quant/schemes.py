@@ -93,7 +93,7 @@ _table(
     Scheme("fp16", vision_encoder=Part("fp16", "fp16"), token_embedding=Part("fp16", "fp16"),
            text_decoder=Part("fp16 (float32 inputs and outputs)", "fp16"), bits=16),
     Scheme("int8", vision_encoder=_ONNX_VISION, token_embedding=Part("fp32"),
-           text_decoder=Part("dynamic int8 (quantize_dynamic, per-channel int8 weights)", "dynamic_int8"), bits=8),
+           text_decoder=Part("dynamic int8 (quantize_dynamic, per-channel uint8 weights)", "dynamic_int8"), bits=8),
     Scheme("int4", vision_encoder=_ONNX_VISION, token_embedding=Part("fp32"),
            text_decoder=Part("MatMulNBits int4, block 32, accuracy level 4 (LM head: dynamic int8 per-channel)",
                              "int4_block32"), bits=4.5),
