@@ -93,6 +93,22 @@ def test_quantized_accuracy_close_to_pytorch(bundles, pytorch_accuracy, parity_e
     assert r.bytes < bundles("fp32").bytes
     ops = r.manifest["runtime"]["graphs"]["decoder"]["ops"]
     assert {"int8": "MatMulInteger", "int4": "MatMulNBits"}.get(quant, "MatMul") in ops
+    if quant in ("int8", "int4"):  # int4: the LM head and the vision tower are dynamic int8
+        assert matmul_integer_weight_types(r.path) == {"uint8"}
+
+
+def matmul_integer_weight_types(bundle) -> set[str]:
+    """The element types of every MatMulInteger's weight (input B) in a bundle's graphs: uint8 (U8U8), since
+    onnxruntime's U8S8 saturates on x86 without VNNI (edgevlm/export/onnx.py, dynamic_int8)."""
+    import onnx
+
+    types = set()
+    for file in onnx_export.GRAPH_FILES.values():
+        graph = onnx.load(bundle / file, load_external_data=False).graph
+        init = {t.name: t.data_type for t in graph.initializer}
+        types |= {onnx.TensorProto.DataType.Name(init[n.input[1]]).lower() for n in graph.node
+                  if n.op_type == "MatMulInteger" and n.input[1] in init}
+    return types
 
 
 def _decoder_feed(embeds, past, start):
