@@ -1,12 +1,15 @@
 """The native runner (`edgevlm-run`, `edgevlm bench --device local`) beside the Python runtimes, same bundles.
 
-    .venv/bin/python benchmarks/native_vs_python.py --work runs/bench-real --rounds 3
+    .venv/bin/python benchmarks/native_vs_python.py --work runs/bench-real --rounds 5
 
 Both sides measure the same bundle with the same request (image, prompt, tokens, threads, warm-up + runs) and
 the same definitions (TTFT = image encode + prefill; decode without prefill; peak RSS = the measuring process's
 VmHWM). The two sides are interleaved — round r measures Python then native, round r+1 native then Python —
 so a machine that slows down between rounds (other load, heat) costs both sides alike. Every figure is the
-median over rounds of each round's median, with the spread over rounds. No % of roofline here: the two sides
+median over rounds of each round's median, with the spread over rounds; native ÷ Python is taken within each round
+(the two sides back to back) and reported as the median of those paired ratios: a small difference stays visible on a machine whose speed
+drifts between rounds by more than that difference.
+`--report` re-writes the section from native.json without measuring again. No % of roofline here: the two sides
 read the bandwidth with different probes (numpy's copy, the runner's memcpy), which disagreed by up to 2x in
 one run; the per-round readings stay in native.json.
 
@@ -87,14 +90,20 @@ def section(record: dict) -> str:
                 _pm(s[k], d) for k, d in (("image_s", 2), ("prefill_tok_s", 0), ("ttft_s", 2),
                                           ("decode_tok_s", 1), ("peak_rss_gb", 2)))
                          + " |")
-    lines += ["", "Native ÷ Python (medians): " + "; ".join(
-        f"{name}: decode {_ratio(s, 'decode_tok_s'):.2f}×, TTFT {_ratio(s, 'ttft_s'):.2f}×, "
-        f"peak RSS {_ratio(s, 'peak_rss_gb'):.2f}×" for name, s in per.items()) + ".", END]
+    device = next((r["device"] for r in per[next(iter(per))]["native"] if r.get("device")), {})
+    lines += ["", f"Machine: {device.get('cpu', '?')}, {device.get('cores', '?')} cores.", "",
+              "Native ÷ Python, paired: the ratio within each round (both sides back to back), median over the "
+              "rounds [min–max]; above 1 is native faster for decode, below 1 for TTFT and RSS. " + "; ".join(
+                  f"{name}: decode {_paired(s, 'decode_tok_s')}, TTFT {_paired(s, 'ttft_s')}, "
+                  f"peak RSS {_paired(s, 'peak_rss_gb')}" for name, s in per.items()) + ".", END]
     return "\n".join(lines)
 
 
-def _ratio(sides: dict, key: str) -> float:
-    return summary(sides["native"])[key]["median"] / summary(sides["python"])[key]["median"]
+def _paired(sides: dict, key: str) -> str:
+    """native / python for one figure, round by round: drift between rounds (other load, heat) cancels out."""
+    read = FIGURES[key]
+    ratios = [read(n) / read(p) for n, p in zip(sides["native"], sides["python"])]
+    return f"{statistics.median(ratios):.2f}× [{min(ratios):.2f}–{max(ratios):.2f}]"
 
 
 def _pm(stat: dict, digits: int) -> str:
@@ -116,11 +125,17 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-real")
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
     p.add_argument("--bundles", default=",".join(BUNDLES), help="bundle names under --work/bundles")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", action="store_true", help="re-write the docs section from --work/results/native.json")
     a = p.parse_args()
+    results = a.work / "results"
+    if a.report:
+        text = section(json.loads((results / "native.json").read_text()))
+        splice(a.docs / "benchmarks.md", text)
+        return print(text)
     bundles = [a.work / "bundles" / n for n in a.bundles.split(",")]
     missing = [str(b) for b in bundles if not (b / "manifest.json").exists()]
     if missing:
@@ -128,7 +143,6 @@ def main() -> None:
     cfg = BenchConfig(new_tokens=a.new_tokens, runs=a.runs, threads=a.threads)
     per = measure(bundles, a.rounds, cfg)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = a.work / "results"
     results.mkdir(parents=True, exist_ok=True)
     record = {"date": when, "n_rounds": a.rounds, "rounds": per,
               "config": {"new_tokens": cfg.new_tokens, "runs": cfg.runs, "warmup": cfg.warmup, "threads": cfg.threads}}

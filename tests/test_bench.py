@@ -194,3 +194,25 @@ def test_executorch_decoder_bytes_are_read_from_the_program():
     int4 = open_bundle(GOLDEN_BUNDLES / "executorch-int4")
     bits = int4.manifest["quantization"]["bits"]
     assert decode_bytes_per_token(int4)[0] == pytest.approx(params * bits / 8, rel=0.03)
+
+
+def test_native_vs_python_ratios_are_paired_within_rounds():
+    """A machine twice as fast in round 2 moves both sides: the paired ratio stays, the ratio of medians would not."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "native_vs_python.py"
+    spec = importlib.util.spec_from_file_location("native_vs_python", path)
+    nvp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nvp)
+
+    def row(decode: float, ttft_ms: float) -> dict:
+        one = lambda v: {"median": v}  # noqa: E731
+        return {"decode_tok_s": one(decode), "ttft_ms": one(ttft_ms), "image_ms": one(ttft_ms / 2),
+                "prefill_tok_s": one(100.0), "peak_rss_bytes": 2e9, "runtime": "x"}
+
+    sides = {"python": [row(20, 6000), row(40, 3000), row(20, 6000)],
+             "native": [row(21, 5700), row(42, 2850), row(21, 5700)]}
+    assert nvp._paired(sides, "decode_tok_s") == "1.05× [1.05–1.05]"
+    assert nvp._paired(sides, "ttft_s") == "0.95× [0.95–0.95]"
+    drifting = {"python": sides["python"][:2] + [row(40, 3000)], "native": sides["native"]}
+    assert nvp._paired(drifting, "decode_tok_s").startswith("1.05×")  # medians alone would read 0.525×
