@@ -6,10 +6,10 @@ Both sides measure the same bundle with the same request (image, prompt, tokens,
 the same definitions (TTFT = image encode + prefill; decode without prefill; peak RSS = the measuring process's
 VmHWM). The two sides are interleaved — round r measures Python then native, round r+1 native then Python —
 so a machine that slows down between rounds (other load, heat) costs both sides alike. Every figure is the
-median over rounds of each round's median, with the spread over rounds; native ÷ Python is taken within each round
-(the two sides back to back) and reported as the median of those paired ratios: a small difference stays visible on a machine whose speed
-drifts between rounds by more than that difference.
-`--report` re-writes the section from native.json without measuring again. No % of roofline here: the two sides
+median over rounds of each round's median, with the spread over rounds. Native ÷ Python is taken within each
+round (the two sides back to back) and reported as the median of those paired ratios, so that a small difference
+stays visible on a machine whose speed drifts between rounds by more than that difference. `--report` re-writes
+the section from native.json without measuring again. No % of roofline here: the two sides
 read the bandwidth with different probes (numpy's copy, the runner's memcpy), which disagreed by up to 2x in
 one run; the per-round readings stay in native.json.
 
@@ -90,7 +90,7 @@ def section(record: dict) -> str:
                 _pm(s[k], d) for k, d in (("image_s", 2), ("prefill_tok_s", 0), ("ttft_s", 2),
                                           ("decode_tok_s", 1), ("peak_rss_gb", 2)))
                          + " |")
-    device = next((r["device"] for r in per[next(iter(per))]["native"] if r.get("device")), {})
+    device = next((r["device"] for sides in per.values() for r in sides["native"] if r.get("device")), {})
     lines += ["", f"Machine: {device.get('cpu', '?')}, {device.get('cores', '?')} cores.", "",
               "Native ÷ Python, paired: the ratio within each round (both sides back to back), median over the "
               "rounds [min–max]; above 1 is native faster for decode, below 1 for TTFT and RSS. " + "; ".join(
