@@ -9,7 +9,7 @@ import torch
 from edgevlm.config import LLMConfig, MoEConfig
 from edgevlm.errors import EdgeVLMError
 from edgevlm.export.decoder import PlainDecoder, StaticCacheDecoder
-from edgevlm.export.onnx import PastPresentDecoder
+from edgevlm.export.onnx import PastPresentDecoder, group_query_attention
 from edgevlm.models.llm import build_llm
 from edgevlm.models.moe import upcycle
 
@@ -84,24 +84,46 @@ def test_static_cache_decoder_under_torch_export(case):
     torch.testing.assert_close(torch.cat(steps, dim=1), ref[:, 7:], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["phi+moe", "phi3"])
-def test_batch_axis_with_past_and_padding(case):
-    """ONNX's past/present decoder on a batch of 2, the second row right-padded by 2: each row equals the
-    reference run on that row alone (the mask hides the padding; a left-padded row's padding queries see no key
-    and turn to NaN under the -inf mask)."""
+@pytest.mark.parametrize("case", ["phi+moe", "phi3", "llama"])
+def test_past_present_decoder_with_a_batch(case):
+    """ONNX's past/present decoder on a batch of 2: prefill, then two cached steps; each row's last-position
+    logits equal the reference's, and the presents grow by the new positions."""
     llm = tiny_llm(case)
     dec = PastPresentDecoder(llm, case.split("+")[0]).eval()
     torch.manual_seed(3)
-    embeds = torch.randn(2, 6, llm.config.hidden_size)
-    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
-    positions = torch.arange(6).expand(2, 6)
+    embeds = torch.randn(2, 8, llm.config.hidden_size)
     past = [torch.zeros(2, dec.core.num_kv_heads, 0, dec.core.head_dim) for _ in range(2 * dec.core.num_layers)]
     with torch.no_grad():
-        logits, *_ = dec(embeds, mask, positions, past)  # (2, 6, V)
-        ref0 = _reference_logits(llm, embeds[:1])
-        ref1 = _reference_logits(llm, embeds[1:, :4])
-    torch.testing.assert_close(logits[:1], ref0, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(logits[1:, :4], ref1, atol=1e-5, rtol=1e-5)
+        ref = _reference_logits(llm, embeds)  # (2, 8, V)
+        logits, *past = dec(embeds[:, :6], torch.ones(2, 6, dtype=torch.long), torch.arange(6).expand(2, 6), past)
+        steps = [logits]
+        for t in (6, 7):
+            logits, *past = dec(embeds[:, t : t + 1], torch.ones(2, t + 1, dtype=torch.long),
+                                torch.full((2, 1), t), past)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), ref[:, 5:8], atol=1e-5, rtol=1e-5)
+    assert past[0].shape[2] == 8
+
+
+def test_group_query_attention_right_padding():
+    """GroupQueryAttention's meaning (seqlens_k = sum(mask) − 1): a row right-padded by 2 gives, at its real
+    positions, what the same row without the padding gives, and its padding queries see the real keys only;
+    grouped heads share their KV head."""
+    torch.manual_seed(4)
+    q, k, v = torch.randn(2, 6, 4 * 8), torch.randn(2, 6, 2 * 8), torch.randn(2, 6, 2 * 8)
+    empty = torch.zeros(2, 2, 0, 8)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    out, present_k, _ = group_query_attention(q, k, v, empty, empty, mask, 4, 2)
+    alone, _, _ = group_query_attention(q[1:, :4], k[1:, :4], v[1:, :4], empty[1:], empty[1:],
+                                        torch.ones(1, 4, dtype=torch.long), 4, 2)
+    torch.testing.assert_close(out[1:, :4], alone)
+    keys, values = k[1, :4, :8], v[1, :4, :8]  # KV head 0, the real positions
+    for t in (4, 5):  # query head 0 of a padding position
+        weights = torch.softmax(keys @ q[1, t, :8] / 8**0.5, dim=0)
+        torch.testing.assert_close(out[1, t, :8], weights @ values)
+    assert present_k.shape == (2, 2, 6, 8)
+    # position 0 sees one key: each query head returns its group's value (heads 0, 1 → KV head 0; 2, 3 → 1)
+    torch.testing.assert_close(out[0, 0].view(4, 8), v[0, 0].view(2, 8).repeat_interleave(2, 0))
 
 
 def test_unsupported_settings_are_refused():

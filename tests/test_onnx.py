@@ -118,21 +118,66 @@ def _decoder_feed(embeds, past, start):
 
 
 def test_cached_decoding_equals_one_full_pass(bundles):
+    """The decoder's two cache modes give one pass's logits: past = the cached positions with present = past ++
+    new (a client that binds nothing), and past = a whole-context buffer bound as its own present (edgevlm's
+    runtime: GroupQueryAttention writes in place). Logits are the last position's only, (B, 1, V)."""
     r = bundles("fp32")
     kv = r.manifest["runtime"]["kv_cache"]
     session = ort.InferenceSession(str(r.path / "decoder.onnx"), providers=["CPUExecutionProvider"])
     names = [kv["past"] % (i, p) for i in range(kv["layers"]) for p in ("key", "value")]
+    presents = [kv["present"] % (i, p) for i in range(kv["layers"]) for p in ("key", "value")]
     x = np.random.default_rng(0).standard_normal((2, 12, 128)).astype(np.float32)  # (B, T, D)
     empty = {n: np.zeros((2, kv["kv_heads"], 0, kv["head_dim"]), np.float32) for n in names}
-    full = session.run(None, _decoder_feed(x, empty, 0))[0]  # (B, T, V)
+    full = [session.run(["logits"], _decoder_feed(x[:, :t], empty, 0))[0] for t in range(8, 13)]  # (B, 1, V) each
+    assert full[0].shape[:2] == (2, 1)
+
     out = session.run(None, _decoder_feed(x[:, :8], empty, 0))
-    steps = [out[0]]
+    grown = [out[0]]
     for t in range(8, 12):
         out = session.run(None, _decoder_feed(x[:, t : t + 1], dict(zip(names, out[1:])), t))
-        steps.append(out[0])
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
-    one = session.run(None, _decoder_feed(x[1:], {n: e[1:] for n, e in empty.items()}, 0))[0]
-    np.testing.assert_allclose(one, full[1:], atol=1e-5)  # dynamic batch: row 1 alone equals row 1 of two
+        grown.append(out[0])
+    assert out[1].shape[2] == 12
+
+    buffers = [ort.OrtValue.ortvalue_from_numpy(np.full((2, kv["kv_heads"], r.manifest["max_context"],
+                                                         kv["head_dim"]), np.nan, np.float32)) for _ in names]
+    shared = []
+    for start, stop in [(0, 8), *((t, t + 1) for t in range(8, 12))]:
+        io = session.io_binding()
+        for name, value in _decoder_feed(x[:, start:stop], {}, start).items():
+            io.bind_cpu_input(name, value)
+        io.bind_output("logits", "cpu")
+        for past, present, buffer in zip(names, presents, buffers):
+            io.bind_ortvalue_input(past, buffer)
+            io.bind_ortvalue_output(present, buffer)
+        session.run_with_iobinding(io)
+        shared.append(io.get_outputs()[0].numpy())
+    for t in range(5):  # the unwritten positions (NaN) are never read
+        np.testing.assert_allclose(grown[t], full[t], atol=1e-5)
+        np.testing.assert_allclose(shared[t], full[t], atol=1e-5)
+    one = session.run(None, _decoder_feed(x[1:, :8], {n: e[1:] for n, e in empty.items()}, 0))[0]
+    np.testing.assert_allclose(one, full[0][1:], atol=1e-5)  # dynamic batch: row 1 alone equals row 1 of two
+
+
+def test_runtime_grows_the_cache_of_a_bundle_without_shared_buffer(bundles, tmp_path):
+    """The runtime's two cache modes answer alike: the shared whole-context buffer (kv_cache.shared_buffer, spec
+    1.1) and the growing past ++ new it uses for bundles without the field (spec 1.0, Concat graphs)."""
+    r = bundles("fp32")
+    assert r.manifest["runtime"]["kv_cache"]["shared_buffer"] is True
+    grown = tmp_path / "grown"
+    shutil.copytree(r.path, grown)
+    manifest = read_json(grown / MANIFEST)
+    del manifest["runtime"]["kv_cache"]["shared_buffer"]
+    write_manifest(grown, manifest)
+    embeds = np.random.default_rng(1).standard_normal((20, 128)).astype(np.float32)
+    answers = []
+    for path in (r.path, grown):
+        runtime = load_runtime(path, threads=1)
+        assert runtime.shared is (path == r.path)
+        tokens = runtime.generate_from(embeds, 12)
+        runtime.reset()  # a second prompt: a shared buffer still holds the first one's positions
+        answers.append((tokens, runtime.text_decoder(embeds[:3], 0)))
+    assert answers[0][0] == answers[1][0]
+    np.testing.assert_allclose(answers[0][1], answers[1][1], atol=1e-5)
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])

@@ -21,7 +21,7 @@ from edgevlm.errors import EdgeVLMError
 from edgevlm.io import read_json, require_dir, write_json
 
 MANIFEST, TOKENIZER, SCHEMA = "manifest.json", "tokenizer.json", "manifest.schema.json"
-SPEC_VERSION = "1.0"  # MAJOR.MINOR: a reader refuses an unknown major; a minor adds optional fields only
+SPEC_VERSION = "1.1"  # MAJOR.MINOR: a reader refuses an unknown major; a minor changes nothing a 1.x reader reads
 LEGACY_VERSION = "0"  # manifests written before the spec had no spec_version; same shape as 1.0 minus the field
 READS = ("0", "1.x")
 READS_MAJOR = {"0", "1"}

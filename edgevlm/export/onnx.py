@@ -2,7 +2,9 @@
 
 A bundle holds `vision.onnx` (tower + projector), `embedding.onnx` (token embedding) and `decoder.onnx`
 (the LM on `inputs_embeds` with explicit `past_key_values.%d.key|value` in and `present.%d.key|value` out, the
-layout onnxruntime-genai and optimum use), all at opset 20 from `torch.onnx.export(dynamo=True)`. Weights live in
+layout onnxruntime-genai and optimum use; attention is onnxruntime's GroupQueryAttention, so the cache can be one
+buffer written in place, and the LM head runs on the last position), all at opset 20 from
+`torch.onnx.export(dynamo=True)`. Weights live in
 one external data file, `weights.bin`, shared by every graph (identical tensors are stored once), so that no
 graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_genai.py`) adds no weight bytes.
 
@@ -35,6 +37,7 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
+from torch.nn import functional as F
 
 from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.contract import contract_modules
@@ -47,6 +50,7 @@ WEIGHTS = "weights.bin"
 GRAPH_FILES = {"vision": "vision.onnx", "embedding": "embedding.onnx", "decoder": "decoder.onnx"}
 GRAPHS = {"vision_encoder": "vision", "token_embedding": "embedding", "text_decoder": "decoder"}  # part → graph
 PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
+MSFT_DOMAIN = "com.microsoft"  # onnxruntime's contrib operators (GroupQueryAttention, MatMulNBits)
 ROUTER = "deepspeed_moe.gate.wg"  # module path of an MoE router, in the exporter's node metadata
 ROUTER_NODE = "router/"  # name prefix export_graphs gives the routers' nodes (the metadata is stripped after)
 INLINE_BYTES, ALIGN = 1024, 64  # smaller tensors stay inside the graph; offsets in weights.bin 64-byte aligned
@@ -63,10 +67,14 @@ def graph_io(graph: onnx.ModelProto) -> dict:
 
 # ---- the graphs ---------------------------------------------------------------------------------------------------
 class PastPresentDecoder(nn.Module):
-    """(inputs_embeds, attention_mask, position_ids, *past) → (logits, *present); present = past ++ new k/v.
+    """(inputs_embeds, attention_mask, position_ids, *past) → (logits of the last position, *present).
 
-    The signature onnxruntime-genai's decoder takes: attention_mask (B, P + T) is 1 for real tokens, and a key
-    at cache index s is visible to the query at index P + t when s <= P + t and the mask is 1 there.
+    The signature onnxruntime-genai's decoder takes (attention_mask (B, P + T) of ones; P = the cached positions),
+    with attention done by onnxruntime's `com.microsoft.GroupQueryAttention` (`group_query_attention`), as
+    onnxruntime-genai's model builder writes it. That op works two ways on the same graph: `past` holds exactly the
+    P cached positions and `present` = past ++ new (what a client that binds nothing does), or `past` is a fixed
+    buffer of the whole context bound as its own `present`, written in place (edgevlm's runtime): no copy of the
+    cache per token. The LM head runs on the last position only (prefill reads no other row).
     """
 
     def __init__(self, llm: nn.Module, arch: str):
@@ -74,18 +82,90 @@ class PastPresentDecoder(nn.Module):
         self.core = PlainDecoder(llm, arch)
 
     def forward(self, inputs_embeds, attention_mask, position_ids, past: list[torch.Tensor]):
-        P, T = past[0].shape[2], inputs_embeds.shape[1]
-        causal = torch.arange(P + T)[None, :] <= (P + torch.arange(T))[:, None]  # (T, S)
-        mask = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
-        present: list[torch.Tensor] = []
+        core, present = self.core, []
+        B, T = inputs_embeds.shape[:2]
 
-        def kv(i: int, k: torch.Tensor, v: torch.Tensor):
-            k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)  # (B, H_kv, S, hd)
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            def bsd(x):  # (B, H, T, hd) → (B, T, H·hd), the op's layout
+                return x.transpose(1, 2).reshape(B, T, -1)
+
+            out, k, v = torch.ops.edgevlm.group_query_attention(
+                bsd(q), bsd(k), bsd(v), past[2 * i], past[2 * i + 1], attention_mask, core.num_heads,
+                core.num_kv_heads)
             present.extend([k, v])
-            return k, v
+            return out.view(B, T, core.num_heads, core.head_dim).transpose(1, 2)  # (B, H, T, hd)
 
-        logits = self.core(inputs_embeds, position_ids, mask, kv)  # (B, T, V)
+        logits = core.run(inputs_embeds, position_ids, attend, last_only=True)  # (B, 1, V)
         return logits, *present
+
+
+@torch.library.custom_op("edgevlm::group_query_attention", mutates_args=())
+def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
+                          past_value: torch.Tensor, attention_mask: torch.Tensor, num_heads: int,
+                          kv_num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """com.microsoft.GroupQueryAttention as the decoder graph calls it, with `past` holding the cached positions:
+    query (B, T, H·hd), key / value (B, T, H_kv·hd), past (B, H_kv, P, hd), attention_mask (B, P + T) → output
+    (B, T, H·hd), present = past ++ new (B, H_kv, P + T, hd). Row b attends causally to its first
+    sum(attention_mask[b]) positions (the op's `seqlens_k` + 1): right padding only, as the op defines it.
+    Export writes the op itself (`_group_query_attention_onnx`); this is its PyTorch meaning, for eager runs."""
+    B, T, _ = query.shape
+    hd = past_key.shape[-1]
+    P = past_key.shape[2]
+
+    def heads(x, n):
+        return x.view(B, T, n, hd).transpose(1, 2)
+
+    k = torch.cat([past_key, heads(key, kv_num_heads)], dim=2)  # (B, H_kv, S, hd)
+    v = torch.cat([past_value, heads(value, kv_num_heads)], dim=2)
+    groups = num_heads // kv_num_heads
+    S = P + T
+    visible = (torch.arange(S)[None, :] <= (P + torch.arange(T))[:, None])[None] \
+        & (torch.arange(S)[None, None, :] < attention_mask.sum(-1)[:, None, None])  # (B, T, S)
+    scores = heads(query, num_heads) @ k.repeat_interleave(groups, 1).transpose(-1, -2) * hd**-0.5
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    out = F.softmax(scores.float(), dim=-1).to(query.dtype) @ v.repeat_interleave(groups, 1)  # (B, H, T, hd)
+    return out.transpose(1, 2).reshape(B, T, num_heads * hd), k, v
+
+
+@group_query_attention.register_fake
+def _(query, key, value, past_key, past_value, attention_mask, num_heads, kv_num_heads):
+    B, T, _ = query.shape
+    present = (B, past_key.shape[1], past_key.shape[2] + T, past_key.shape[3])
+    return query.new_empty(query.shape), past_key.new_empty(present), past_value.new_empty(present)
+
+
+def _register_gqa_schema() -> None:
+    """Declare com.microsoft.GroupQueryAttention (the inputs edgevlm feeds it) to `onnx.defs`: the exporter builds
+    nodes from registered schemas only, and onnxruntime's contrib schemas live in onnxruntime, not in `onnx`.
+    Spec: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.GroupQueryAttention
+    """
+    if onnx.defs.has("GroupQueryAttention", MSFT_DOMAIN):
+        return
+    io = onnx.defs.OpSchema.FormalParameter
+    attr = onnx.defs.OpSchema.Attribute
+    onnx.defs.register_schema(onnx.defs.OpSchema(
+        "GroupQueryAttention", MSFT_DOMAIN, 1,
+        inputs=[io(n, "T") for n in ("query", "key", "value", "past_key", "past_value")]
+        + [io("seqlens_k", "M"), io("total_sequence_length", "M")],
+        outputs=[io(n, "T") for n in ("output", "present_key", "present_value")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
+        attributes=[attr("num_heads", onnx.defs.OpSchema.AttrType.INT, ""),
+                    attr("kv_num_heads", onnx.defs.OpSchema.AttrType.INT, "")]))
+
+
+def _group_query_attention_onnx(query, key, value, past_key, past_value, attention_mask, num_heads: int,
+                                kv_num_heads: int):
+    """The op's ONNX: seqlens_k = sum(attention_mask) − 1 per row, total_sequence_length = the mask's length,
+    computed in the graph as onnxruntime-genai's builder does, so callers feed only the genai inputs."""
+    from onnxscript import opset20 as op
+    from onnxscript.values import Opset
+
+    int32 = TensorProto.INT32
+    seqlens = op.Cast(op.Sub(op.ReduceSum(attention_mask, op.Constant(value_ints=[1]), keepdims=0),
+                             op.Constant(value_int=1)), to=int32)
+    total = op.Cast(op.Squeeze(op.Shape(attention_mask, start=1, end=2)), to=int32)
+    return Opset(MSFT_DOMAIN, 1).GroupQueryAttention(query, key, value, past_key, past_value, seqlens, total,
+                                                     num_heads=num_heads, kv_num_heads=kv_num_heads)
 
 
 def kv_names(layers: int, pattern: str) -> list[str]:
@@ -115,10 +195,13 @@ def export_graphs(model, mark_parts: bool = False) -> dict[str, onnx.ModelProto]
                      [{0: batch, 2: past}] * (2 * L))),
     }
     graphs = {}
+    _register_gqa_schema()
+    table = {torch.ops.edgevlm.group_query_attention.default: _group_query_attention_onnx}
     with torch.no_grad(), quiet():
         for name, (module, args, inputs, outputs, dynamic) in specs.items():
             program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
-                                        output_names=outputs, dynamic_shapes=dynamic, verbose=False)
+                                        output_names=outputs, dynamic_shapes=dynamic, verbose=False,
+                                        custom_translation_table=table)
             graphs[name] = program.model_proto
     if mark_parts:
         _mark_parts(graphs["decoder"].graph, L)
@@ -319,7 +402,8 @@ def write(model, scheme: Scheme, out_dir: Path, graphs: dict[str, onnx.ModelProt
         "execution_provider": "CPUExecutionProvider",
         "io_dtype": "float32",  # fp16 keeps float32 inputs / outputs (logits, embeddings, KV cache)
         "kv_cache": {"layers": sum(name.startswith("past_key_values.") for name in inputs) // 2, "kv_heads": kv_heads,
-                     "head_dim": head_dim, "past": PAST, "present": PRESENT},
+                     "head_dim": head_dim, "past": PAST, "present": PRESENT,
+                     "shared_buffer": True},  # GroupQueryAttention: a past may be bound as its own present
         "genai": onnx_genai.write_config(model, out_dir, head_dim),
     })
     return fields

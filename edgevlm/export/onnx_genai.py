@@ -5,7 +5,9 @@ dynamic-batching Engine, and its multimodal types are specific: phi3v, gemma3, q
 genai decoder is `text_decoder.onnx`: `embedding.onnx` composed with `decoder.onnx` by `onnx.compose`, taking
 `input_ids`. Its initializers are the very tensors of the other two graphs, stored once in the shared
 `weights.bin`, so it adds only graph structure. `genai_config.json` follows the keys onnxruntime-genai's model
-builder writes (onnxruntime_genai/models/builders/base.py `make_genai_config`); `tokenizer_config.json` lets
+builder writes (onnxruntime_genai/models/builders/base.py `make_genai_config`), with
+`past_present_share_buffer` on, as the builder sets it for GroupQueryAttention graphs (genai allocates one
+whole-context cache per layer and the op writes into it); `tokenizer_config.json` lets
 genai's tokenizer read our `tokenizer.json`.
 """
 
@@ -71,7 +73,7 @@ def write_config(model, out_dir: Path, head_dim: int) -> dict:
                   "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
                   "decoder": decoder},
         "search": {"do_sample": False, "num_beams": 1, "max_length": context, "min_length": 0,
-                   "past_present_share_buffer": False, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+                   "past_present_share_buffer": True, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
                    "repetition_penalty": 1.0, "early_stopping": True},
     })
     write_json(out_dir / TOKENIZER_CONFIG, {

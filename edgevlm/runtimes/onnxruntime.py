@@ -4,9 +4,12 @@
 Every graph is checked on opening against what the manifest says (opset, input and output names, element
 types, shapes), so a swapped or hand-edited graph is a one-line error, not an onnxruntime traceback later. The
 checks use onnxruntime's own view of the graph, not the `onnx` package (a second second of start-up).
-The decoder takes `past_key_values.%d.key|value` and returns `present.%d.key|value`: prefill with an empty past,
-then one token per step, the presents kept as OrtValues and bound as the next step's pasts through IO binding
-(no numpy round trip of the growing cache; only the logits are copied out).
+The decoder takes `past_key_values.%d.key|value` and returns `present.%d.key|value`, kept as OrtValues through IO
+binding (no numpy round trip; only the logits are copied out). A bundle whose `kv_cache.shared_buffer` is true
+(spec 1.1: attention is onnxruntime's GroupQueryAttention) gets one buffer of its whole context per past, bound
+as both the past input and the present output: the op writes the new positions in place and `attention_mask`'s
+length says how many are filled, so no cache is copied or allocated per token. Older bundles (Concat graphs)
+grow: each present, past ++ new, becomes the next past.
 Docs: https://onnxruntime.ai/docs/api/python/api_summary.html#iobinding
 """
 
@@ -147,7 +150,11 @@ class OnnxRuntime(ContractRuntime):
         kv, inputs = fields["kv_cache"], fields["graphs"]["decoder"]["inputs"]
         self.past_names = [kv["past"] % (i, p) for i in range(kv["layers"]) for p in ("key", "value")]
         self.present_names = [kv["present"] % (i, p) for i in range(kv["layers"]) for p in ("key", "value")]
-        self.empty = np.zeros((1, kv["kv_heads"], 0, kv["head_dim"]), dtype=inputs[self.past_names[0]][0])
+        self.shared = kv.get("shared_buffer", False)
+        dtype = np.dtype(inputs[self.past_names[0]][0])
+        shape = (1, kv["kv_heads"], bundle.max_context if self.shared else 0, kv["head_dim"])
+        # shared: allocated by onnxruntime and never cleared (pages become resident as positions fill)
+        self.buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cpu") for _ in self.past_names]
         self.reset()
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -187,25 +194,35 @@ class OnnxRuntime(ContractRuntime):
         return [sum(sum(durations[n][a[n]:b[n]]) for n in durations) for a, b in zip(marks, marks[1:])]
 
     def reset(self) -> None:
-        self.past = [ort.OrtValue.ortvalue_from_numpy(self.empty) for _ in self.past_names]
+        self.cached = 0  # positions of the cache in use; what lies beyond them in a shared buffer is never read
+        self.past = list(self.buffers)
 
     def text_decoder(self, embeds: np.ndarray, start_pos: int) -> np.ndarray:
-        T, cached = len(embeds), self.past[0].shape()[2]
+        T, cached = len(embeds), self.cached
         if start_pos != cached:
             raise ValueError(f"start_pos {start_pos} differs from the {cached} cached positions")
+        if cached + T > self.bundle.max_context:
+            raise EdgeVLMError(f"{cached + T} positions do not fit the bundle's context of {self.bundle.max_context}",
+                               self.bundle.path)
         session = self.sessions["decoder"]
         io = session.io_binding()
         io.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=np.float32))  # (1, T, D)
         io.bind_cpu_input("attention_mask", np.ones((1, cached + T), dtype=np.int64))
         io.bind_cpu_input("position_ids", np.arange(cached, cached + T, dtype=np.int64)[None])  # (1, T)
-        for name, value in zip(self.past_names, self.past):
-            io.bind_ortvalue_input(name, value)
-        for name in ["logits", *self.present_names]:
-            io.bind_output(name, "cpu")
+        io.bind_output("logits", "cpu")  # outputs come back in binding order
+        for past, present, value in zip(self.past_names, self.present_names, self.past):
+            io.bind_ortvalue_input(past, value)
+            if self.shared:
+                io.bind_ortvalue_output(present, value)
+            else:
+                io.bind_output(present, "cpu")
         with self.running("decoder"):
             session.run_with_iobinding(io)
-        logits, *self.past = io.get_outputs()
-        return logits.numpy()[0, -1]  # (V,)
+        logits, *presents = io.get_outputs()
+        self.cached += T
+        if not self.shared:
+            self.past = presents
+        return logits.numpy()[0, -1]  # (V,): the last row of (1, 1, V), or of a spec-1.0 graph's (1, T, V)
 
 
 RUNTIME = OnnxRuntime

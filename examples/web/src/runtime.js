@@ -101,9 +101,9 @@ export class OnnxBundleRuntime {
     const out = await this.sessions.decoder.run(feeds);
     for (const t of this.past) if (t.dims[2] > 0) t.dispose();
     this.past = this.presentNames.map((name) => out[name]);
-    const logits = out.logits; // (1, T, V)
-    const V = logits.dims[2];
-    return logits.data.subarray((T - 1) * V, T * V);
+    const logits = out.logits; // (1, 1, V): the decoder's LM head runs on the last position only
+    const [, rows, V] = logits.dims;
+    return logits.data.subarray((rows - 1) * V, rows * V);
   }
 
   /**
