@@ -57,6 +57,16 @@ def arch_spec(cfg, arch: str) -> DecoderSpec:
     return spec
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """q (B, H, T, hd), k/v (B, H_kv, S, hd), bias (…, T, S) additive → (B, H, T, hd); each group of H / H_kv
+    query heads shares one KV head, and the softmax runs in float32 (as the transformers models do)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + bias  # (B, H, T, S)
+    return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
 class PlainDecoder(nn.Module):
     """The transformers causal LM's forward on input embeddings, with the cache handled by the caller."""
 
@@ -87,7 +97,7 @@ class PlainDecoder(nn.Module):
         bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))  # mask's shape
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return self.masked_attention(q, *kv(i, k, v), bias)
+            return masked_attention(q, *kv(i, k, v), bias)
 
         return self.run(x, positions, attend)
 
@@ -118,14 +128,6 @@ class PlainDecoder(nn.Module):
         v = v.view(B, T, self.num_kv_heads, hd).transpose(1, 2)
         out = attend(i, self._rotate(q, cos, sin), self._rotate(k, cos, sin), v)  # (B, H, T, hd)
         return getattr(attn, self.spec.out_proj)(out.transpose(1, 2).reshape(B, T, self.num_heads * hd))
-
-    def masked_attention(self, q, k, v, bias: torch.Tensor) -> torch.Tensor:
-        """q (B, H, T, hd), k/v (B, H_kv, S, hd), bias (…, T, S) additive → (B, H, T, hd)."""
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5 + bias  # (B, H, T, S)
-        return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate-half rotary embedding on the first `rotary_dims` of each head; the rest pass through."""

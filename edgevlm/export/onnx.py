@@ -37,11 +37,10 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
-from torch.nn import functional as F
 
 from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.contract import contract_modules
-from edgevlm.export.decoder import PlainDecoder
+from edgevlm.export.decoder import PlainDecoder, masked_attention
 from edgevlm.quant.schemes import Part, Scheme
 from edgevlm.registry import Registry
 
@@ -117,13 +116,11 @@ def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
 
     k = torch.cat([past_key, heads(key, kv_num_heads)], dim=2)  # (B, H_kv, S, hd)
     v = torch.cat([past_value, heads(value, kv_num_heads)], dim=2)
-    groups = num_heads // kv_num_heads
     S = P + T
     visible = (torch.arange(S)[None, :] <= (P + torch.arange(T))[:, None])[None] \
         & (torch.arange(S)[None, None, :] < attention_mask.sum(-1)[:, None, None])  # (B, T, S)
-    scores = heads(query, num_heads) @ k.repeat_interleave(groups, 1).transpose(-1, -2) * hd**-0.5
-    scores = scores.masked_fill(~visible[:, None], float("-inf"))
-    out = F.softmax(scores.float(), dim=-1).to(query.dtype) @ v.repeat_interleave(groups, 1)  # (B, H, T, hd)
+    bias = torch.zeros(visible.shape, dtype=query.dtype).masked_fill(~visible, float("-inf"))[:, None]
+    out = masked_attention(heads(query, num_heads), k, v, bias)  # (B, H, T, hd)
     return out.transpose(1, 2).reshape(B, T, num_heads * hd), k, v
 
 
