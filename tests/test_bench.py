@@ -216,3 +216,28 @@ def test_native_vs_python_ratios_are_paired_within_rounds():
     assert nvp._paired(sides, "ttft_s") == "0.95× [0.95–0.95]"
     drifting = {"python": sides["python"][:2] + [row(40, 3000)], "native": sides["native"]}
     assert nvp._paired(drifting, "decode_tok_s").startswith("1.05×")  # medians alone would read 0.525×
+
+
+def test_onnx_decode_ops_groups_the_profiled_kernels(tmp_path):
+    """benchmarks/onnx_decode_ops.py on the golden int4 bundle: the decode steps' kernels by operator type, each
+    weight-reading type with its bytes (the int4 GEMVs read the graph's MatMulNBits weights once per token)."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    out = tmp_path / "ops.json"
+    bundle = GOLDEN_BUNDLES / "onnx-int4"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "onnx_decode_ops.py"),
+                    str(bundle), "--prompt", "8", "--steps", "5", "--threads", "1", "--json", str(out)],
+                   check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["tokens"] == 4  # the prefill and the first step are left out
+    ops = report["ops"]
+    graph = onnx.load(bundle / "decoder.onnx", load_external_data=False).graph
+    assert ops["GroupQueryAttention"]["nodes"] == sum(n.op_type == "GroupQueryAttention" for n in graph.node)
+    packed = {n.input[1] for n in graph.node if n.op_type == "MatMulNBits"}  # the int4 weights (scales beside)
+    packed_bytes = sum(int({e.key: e.value for e in t.external_data}.get("length", len(t.raw_data)))
+                       for t in graph.initializer if t.name in packed)
+    assert packed_bytes > 0 and ops["MatMulNBits"]["weight_mb"] * 1e6 >= packed_bytes
+    assert all(r["ms_per_token"] > 0 for r in ops.values())
