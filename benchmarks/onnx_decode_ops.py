@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from edgevlm.bench.roofline import measure_bandwidth
+from edgevlm.bench.weights import initializer_bytes
 from edgevlm.bundle.manifest import open_bundle
 from edgevlm.runtimes.onnxruntime import OnnxRuntime
 
@@ -27,10 +28,7 @@ from edgevlm.runtimes.onnxruntime import OnnxRuntime
 def weight_bytes(graph_path: Path) -> dict[str, int]:
     """Node name → bytes of the initializers it reads (external data counted by its recorded length)."""
     graph = onnx.load(graph_path, load_external_data=False).graph
-    sizes = {}
-    for t in graph.initializer:
-        external = {e.key: e.value for e in t.external_data}
-        sizes[t.name] = int(external["length"]) if "length" in external else len(t.raw_data)
+    sizes = {t.name: initializer_bytes(t) for t in graph.initializer}
     return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in graph.node}
 
 

@@ -94,11 +94,13 @@ def _gguf_kv(bundle: Bundle) -> KVLayout:
 
 @measurer("onnx")
 def _onnx(bundle: Bundle) -> int:
-    total = 0
-    for init in _onnx_graph(bundle).initializer:
-        external = {e.key: e.value for e in init.external_data}
-        total += int(external["length"]) if "length" in external else len(init.raw_data) or _typed_bytes(init)
-    return total
+    return sum(initializer_bytes(init) for init in _onnx_graph(bundle).initializer)
+
+
+def initializer_bytes(init) -> int:
+    """An ONNX initializer's bytes: its external data's recorded length, its raw bytes, or its typed values."""
+    external = {e.key: e.value for e in init.external_data}
+    return int(external["length"]) if "length" in external else len(init.raw_data) or _typed_bytes(init)
 
 
 @measurer("onnx", KV_LAYOUTS)
