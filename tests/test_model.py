@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +61,61 @@ def test_strict_loading_lists_bad_tensors(tiny_model, tmp_path):
     assert "missing tensors: projector.peg.peg.0.bias" in msg
     assert "unexpected tensors: projector.extra" in msg
     assert "mis-shaped tensors: projector.mlp.mlp.0.weight (expected (128, 96), got (3, 3))" in msg
+
+
+def test_loading_converts_stored_dtypes_and_refuses_damaged_files(tiny_model, tmp_path):
+    d = tiny_model.save_pretrained(tmp_path / "m")
+    tensors = load_file(d / "model.safetensors")
+    save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in tensors.items()}, d / "model.safetensors")
+    loaded = EdgeVLM.from_pretrained(d)  # a bf16 checkpoint into the float32 model: rounded once, as torch's copy_
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], v.bfloat16().to(v.dtype)) for k, v in tensors.items())
+    data = (d / "model.safetensors").read_bytes()
+    for damaged, problem in ((data[:-5], "do not hold"), (b"\xff" * 8 + data[8:], "header length"),
+                             (data[:8] + b"x" + data[9:], "Expecting value"),
+                             (data[:8] + b"[]".ljust(int.from_bytes(data[:8], "little")) + data[8 + int.from_bytes(data[:8], "little"):],
+                              "not a JSON object")):
+        (d / "model.safetensors").write_bytes(damaged)
+        with pytest.raises(EdgeVLMError, match=f"model.safetensors: not a valid safetensors file.*{problem}"):
+            EdgeVLM.from_pretrained(d)
+
+
+_SAVE = """
+import sys, torch
+from edgevlm.models.checkpoint import save_weights, unique_state
+torch.manual_seed(0)
+m = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(16)])  # 64M float32 parameters: 256 MiB
+save_weights(unique_state(m), sys.argv[1])
+print(sum(float(p.double().sum()) for p in m.parameters()))
+"""
+_LOAD = """
+import resource, sys, torch
+from edgevlm.models.checkpoint import map_weights_into, uninitialised
+def mib(): return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+before = peak()
+with uninitialised():
+    m = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(16)])
+weights = map_weights_into(m, sys.argv[1])
+total = sum(float(p.double().sum()) for p in m.parameters())  # every weight read
+grown, resident = peak() - before, mib()
+weights.page_out()
+print(total, grown, resident - mib())
+"""
+
+
+def test_loading_maps_the_weights_once_and_pages_them_out(tmp_path):
+    """A load costs the weights' memory once (256 MiB here): before, a model built with random weights plus the
+    file's tensors copied in cost it twice, which made a 1.7B model's export peak at twice its weights. After
+    `page_out` the mapped weights are no longer resident; the values read are the values saved."""
+    path = str(tmp_path / "w.safetensors")
+    saved = float(subprocess.run([sys.executable, "-c", _SAVE, path], capture_output=True, text=True,
+                                 check=True).stdout)
+    total, grown, freed = map(float, subprocess.run([sys.executable, "-c", _LOAD, path], capture_output=True,
+                                                    text=True, check=True).stdout.split())
+    assert total == saved
+    assert grown < 256 + 64, f"loading and reading 256 MiB of weights raised the peak RSS by {grown:.0f} MiB"
+    assert freed > 200, f"page_out freed {freed:.0f} MiB of the 256 MiB mapped"
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: the trainer's choice on CPU

@@ -22,7 +22,6 @@ lower to XNNPACK and silently return wrong numbers (docs/dependencies.md).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +36,7 @@ from torchao.quantization.granularity import PerAxis, PerGroup
 from edgevlm.export.base import Exporter
 from edgevlm.export.contract import contract_modules
 from edgevlm.export.decoder import PlainDecoder
+from edgevlm.models.checkpoint import copy_module
 from edgevlm.quant.schemes import Scheme
 from edgevlm.registry import Registry
 
@@ -85,7 +85,8 @@ class TextDecoder(nn.Module):
 
 def contract(model, max_context: int) -> dict[str, nn.Module]:
     """The three methods over a deep copy of `model`'s parts, so quantizing them leaves `model` untouched."""
-    parts = copy.deepcopy(nn.ModuleDict({"vision": model.vision, "projector": model.projector, "llm": model.llm}))
+    parts = copy_module(nn.ModuleDict({"vision": model.vision, "projector": model.projector, "llm": model.llm}),
+                        model.page_out_weights)  # the model's mapped weights are handed back as they are copied
     table = parts["llm"].get_input_embeddings()
     table.padding_idx = None  # a padding index blocks the quantized embedding kernel (docs/dependencies.md)
     return contract_modules(parts["vision"], parts["projector"], parts["llm"],

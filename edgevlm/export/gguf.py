@@ -102,19 +102,20 @@ def write(model, scheme: Scheme, out_dir: Path, keep: frozenset[str] = frozenset
     vision_type = MMPROJ_KEPT if "vision_encoder" in keep else MMPROJ_TYPES[scheme.vision_encoder.mechanism]
     check_exportable(model)
     text, mmproj = f"model-{scheme.name}.gguf", f"mmproj-{scheme.name}.gguf"
+    moe = moe_graph(model)
+    vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, vision_type,
+                                                  center_output=bool(moe and moe.layer_norm_as_rms))
     if text_ftype == FT.MOSTLY_F16:
         write_text_model(model, out_dir / text, f16=True)
         fallbacks: list[dict] = []
     else:
         master = out_dir / f".{text}.f32"
         write_text_model(model, master, f16=False)
+        model.page_out_weights()  # the quantizer maps the float32 master: the model's weights need not stay too
         patterns = part_patterns(model.cfg.llm.num_layers)
         fallbacks = quantize_text_model(master, out_dir / text, text_ftype,
                                         overrides={patterns[p]: TEXT_KEPT for p in sorted(keep) if p in patterns})
         master.unlink()
-    moe = moe_graph(model)
-    vision_types, vision_fallbacks = write_mmproj(model, out_dir / mmproj, vision_type,
-                                                  center_output=bool(moe and moe.layer_norm_as_rms))
     return {
         "text_model": text,
         "mmproj": mmproj,
@@ -223,6 +224,8 @@ def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_text_model(model, path: Path, f16: bool) -> None:
+    """The LM as a float32 (or, `f16`, float16-matrix) GGUF, written tensor by tensor: beside the model, the
+    write holds one converted tensor and at most `PAGE_OUT_EVERY` bytes of mapped weights."""
     cfg, row, moe = model.cfg.llm, ARCHS[model.cfg.llm.arch], moe_graph(model)
     w = gguf.GGUFWriter(str(path), llama_cpp_arch(model))
     w.add_type(gguf.GGUFType.MODEL)
@@ -249,14 +252,27 @@ def write_text_model(model, path: Path, f16: bool) -> None:
     w.add_vocab_size(cfg.vocab_size)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_tokenizer(w, model.tokenizer, cfg.vocab_size, model.template.chat_template())
-    for name, data in text_tensors(model).items():
+    tensors, types = text_tensors(model), {}
+    for name, data in tensors.items():
         matrix = data.ndim >= 2 and not name.endswith(("_norm.weight", "ffn_gate_inp.weight"))  # router: F32
-        qtype = F16 if f16 and matrix else F32
-        w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        types[name] = qtype = F16 if f16 and matrix else F32
+        width = np.dtype(np.float16 if qtype == F16 else np.float32)
+        w.add_tensor_info(name, data.shape, width, data.size * width.itemsize, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    written = 0
+    for name in list(tensors):  # one at a time, each dropped once written
+        data = gguf.quants.quantize(tensors.pop(name), types[name])
+        w.write_tensor_data(data)
+        written += data.nbytes
+        if written >= PAGE_OUT_EVERY:  # the weights written so far are not read again here
+            model.page_out_weights()
+            written = 0
     w.close()
+
+
+PAGE_OUT_EVERY = 256 << 20  # bytes written between two hand-backs of the model's mapped weights
 
 
 def write_tokenizer(w: gguf.GGUFWriter, tok: TextTokenizer, vocab_size: int, chat_template: str) -> None:

@@ -199,7 +199,9 @@ def export_graphs(model, mark_parts: bool = False) -> dict[str, onnx.ModelProto]
             program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                         output_names=outputs, dynamic_shapes=dynamic, verbose=False,
                                         custom_translation_table=table)
-            graphs[name] = program.model_proto
+            graphs[name] = program.model_proto  # the graph holds its own copy of the weights
+            del program
+            model.page_out_weights()
     if mark_parts:
         _mark_parts(graphs["decoder"].graph, L)
     for graph in graphs.values():

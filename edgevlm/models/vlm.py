@@ -18,7 +18,7 @@ from edgevlm.bundle.template import TEMPLATES
 from edgevlm.bundle.tokenizer import TextTokenizer, split_at_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.io import atomic_dir, read_json, require_dir, write_json
-from edgevlm.models.checkpoint import load_weights, read_weights, save_weights, unique_state
+from edgevlm.models.checkpoint import MappedWeights, map_weights_into, save_weights, uninitialised, unique_state
 from edgevlm.models.llm import build_llm
 from edgevlm.models.projectors import build_projector, projector_tokens
 from edgevlm.models.vision import VisionTower
@@ -43,6 +43,14 @@ class EdgeVLM(nn.Module):
             from edgevlm.models.moe import upcycle
 
             upcycle(self.llm, cfg.moe)
+        self.weights_file: MappedWeights | None = None  # the model dir's weights, when they back the parameters
+
+    def page_out_weights(self) -> None:
+        """Hand back the memory of weights mapped from the model dir (`MappedWeights.page_out`): for a step that
+        no longer reads them, before a memory-hungry one (an exporter's quantizer or lowering). A model built in
+        memory keeps its weights."""
+        if self.weights_file is not None:
+            self.weights_file.page_out()
 
     # ---- the runtime contract -------------------------------------------------------------------------------
     @property
@@ -147,9 +155,9 @@ class EdgeVLM(nn.Module):
                                path / ADAPTER)
         cfg = VLMConfig.from_dict(read_json(path / CONFIG))
         tokenizer = TextTokenizer.load(path / TOKENIZER)
-        tensors = read_weights(path / WEIGHTS)
-        model = cls(cfg, tokenizer)
-        load_weights(model, tensors, path / WEIGHTS)
+        with uninitialised():  # every parameter is mapped from the file next: none is written first
+            model = cls(cfg, tokenizer)
+        model.weights_file = map_weights_into(model, path / WEIGHTS)
         return model.eval()
 
 
