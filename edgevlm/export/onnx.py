@@ -31,9 +31,10 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import onnx
+import onnx_ir as ir
 import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
@@ -172,6 +173,12 @@ def kv_names(layers: int, pattern: str) -> list[str]:
 def export_graphs(model, mark_parts: bool = False) -> dict[str, onnx.ModelProto]:
     """The three fp32 graphs of an EdgeVLM, with named dynamic axes; with `mark_parts`, the decoder's nodes are
     named after the guard part they belong to (`part_nodes`)."""
+    return dict(trace_graphs(model, mark_parts))
+
+
+def trace_graphs(model, mark_parts: bool = False) -> Iterator[tuple[str, onnx.ModelProto]]:
+    """`export_graphs` one graph at a time (vision, embedding, decoder): a caller that quantizes each before
+    the next is traced never holds two float32 graphs."""
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past", min=0)
     parts = contract_modules(model.vision, model.projector, model.llm,
                              lambda llm: PastPresentDecoder(llm, model.cfg.llm.arch))
@@ -191,24 +198,47 @@ def export_graphs(model, mark_parts: bool = False) -> dict[str, onnx.ModelProto]
                     ({0: batch, 1: seq}, {0: batch, 1: torch.export.Dim.DYNAMIC}, {0: batch, 1: seq},
                      [{0: batch, 2: past}] * (2 * L))),
     }
-    graphs = {}
     _register_gqa_schema()
     table = {torch.ops.edgevlm.group_query_attention.default: _group_query_attention_onnx}
-    with torch.no_grad(), quiet():
-        for name, (module, args, inputs, outputs, dynamic) in specs.items():
+    for name, (module, args, inputs, outputs, dynamic) in specs.items():
+        with torch.no_grad(), quiet():
             program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                         output_names=outputs, dynamic_shapes=dynamic, verbose=False,
                                         custom_translation_table=table)
-            graphs[name] = program.model_proto  # the graph holds its own copy of the weights
-            del program
-            model.page_out_weights()
-    if mark_parts:
-        _mark_parts(graphs["decoder"].graph, L)
-    for graph in graphs.values():
+            graph = serialize(program.model, model.page_out_weights)
+        del program
+        if name == "decoder":
+            if mark_parts:
+                _mark_parts(graph.graph, L)
+            _name_total_axis(graph)
         _mark_routers(graph.graph)
         _strip_debug_info(graph.graph)
-    _name_total_axis(graphs["decoder"])
-    return graphs
+        yield name, graph
+
+
+def serialize(graph: ir.Model, release: Callable[[], None], every: int = 256 << 20) -> onnx.ModelProto:
+    """The exported program's `model_proto`, calling `release` after every `every` bytes of initializers
+    serialized: the ModelProto holds its own copy of the weights, so the model's mapped pages it has copied
+    can go (`EdgeVLM.page_out_weights`) while the rest are read; without it both sets were resident at the end."""
+    done = 0
+
+    def reading(tensor):
+        def read():
+            nonlocal done
+            if done >= every:
+                release()
+                done = 0
+            done += tensor.nbytes
+            return tensor
+        return read
+
+    for value in graph.graph.initializers.values():
+        t = value.const_value
+        if t is not None:
+            value.const_value = ir.LazyTensor(reading(t), dtype=t.dtype, shape=t.shape, name=t.name)
+    proto = ir.serde.serialize_model(graph)
+    release()
+    return proto
 
 
 def _mark_routers(graph: onnx.GraphProto) -> None:
@@ -300,11 +330,14 @@ def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    routers = router_nodes(graph)
     with tempfile.TemporaryDirectory() as tmp, quiet():
-        out = Path(tmp) / "q.onnx"
-        quantize_dynamic(graph, out, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_quantize=nodes,
-                         nodes_to_exclude=router_nodes(graph), weight_type=QuantType.QUInt8,
-                         use_external_data_format=True)
+        src, out = Path(tmp) / "in.onnx", Path(tmp) / "q.onnx"
+        # from a file: given a ModelProto, quantize_dynamic holds it, a deep copy and a reloaded copy at once.
+        # Saving with external data moves the weights out of `graph` (consumed: callers use what is returned)
+        onnx.save_model(graph, src, save_as_external_data=True, location="in.weights")
+        quantize_dynamic(src, out, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_quantize=nodes,
+                         nodes_to_exclude=routers, weight_type=QuantType.QUInt8, use_external_data_format=True)
         return onnx.load(out)
 
 
@@ -382,9 +415,11 @@ def write(model, scheme: Scheme, out_dir: Path, graphs: dict[str, onnx.ModelProt
     `graphs`: already traced (the guard's `Keeper`, with `mark_parts`); `keep`: guard parts kept at `KEPT`."""
     from edgevlm.export import onnx_genai
 
-    graphs = export_graphs(model) if graphs is None else graphs
-    for part, name in scheme.mechanisms().items():  # parts without a mechanism stay fp32
-        graphs[GRAPHS[part]] = _quantize(graphs[GRAPHS[part]], part, name, keep)
+    mechanisms = {GRAPHS[part]: (part, name) for part, name in scheme.mechanisms().items()}  # others stay fp32
+    traced = trace_graphs(model) if graphs is None else graphs.items()
+    graphs = {}
+    for graph_name, graph in traced:  # each quantized before the next is traced
+        graphs[graph_name] = _quantize(graph, *mechanisms[graph_name], keep) if graph_name in mechanisms else graph
     fields = {"graphs": {name: {"file": GRAPH_FILES[name], **graph_io(g), "ops": op_counts(g)}
                          for name, g in graphs.items()}}
     externalize(list(graphs.values()), out_dir / WEIGHTS)
