@@ -49,6 +49,7 @@ OPSET = 20
 WEIGHTS = "weights.bin"
 GRAPH_FILES = {"vision": "vision.onnx", "embedding": "embedding.onnx", "decoder": "decoder.onnx"}
 GRAPHS = {"vision_encoder": "vision", "token_embedding": "embedding", "text_decoder": "decoder"}  # part → graph
+Graph = onnx.ModelProto | Path  # in memory, or a file with its weights as external data beside it (trace_graphs)
 PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
 MSFT_DOMAIN = "com.microsoft"  # onnxruntime's contrib operators (GroupQueryAttention, MatMulNBits)
 ROUTER = "deepspeed_moe.gate.wg"  # module path of an MoE router, in the exporter's node metadata
@@ -176,9 +177,11 @@ def export_graphs(model, mark_parts: bool = False) -> dict[str, onnx.ModelProto]
     return dict(trace_graphs(model, mark_parts))
 
 
-def trace_graphs(model, mark_parts: bool = False) -> Iterator[tuple[str, onnx.ModelProto]]:
+def trace_graphs(model, mark_parts: bool = False, into: Path | None = None) -> Iterator[tuple[str, Graph]]:
     """`export_graphs` one graph at a time (vision, embedding, decoder): a caller that quantizes each before
-    the next is traced never holds two float32 graphs."""
+    the next is traced never holds two float32 graphs. With `into`, each graph is saved there (its weights as
+    external data, streamed from the model) and its path yielded: no float32 graph is held in memory at all
+    until a quantizer loads it."""
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past", min=0)
     parts = contract_modules(model.vision, model.projector, model.llm,
                              lambda llm: PastPresentDecoder(llm, model.cfg.llm.arch))
@@ -205,7 +208,12 @@ def trace_graphs(model, mark_parts: bool = False) -> Iterator[tuple[str, onnx.Mo
             program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                         output_names=outputs, dynamic_shapes=dynamic, verbose=False,
                                         custom_translation_table=table)
-            graph = serialize(program.model, model.page_out_weights)
+            if into is None:
+                graph = serialize(program.model, model.page_out_weights)
+            else:
+                path = into / GRAPH_FILES[name]
+                save_streamed(program.model, path, model.page_out_weights)
+                graph = onnx.load(path, load_external_data=False)
         del program
         if name == "decoder":
             if mark_parts:
@@ -213,7 +221,9 @@ def trace_graphs(model, mark_parts: bool = False) -> Iterator[tuple[str, onnx.Mo
             _name_total_axis(graph)
         _mark_routers(graph.graph)
         _strip_debug_info(graph.graph)
-        yield name, graph
+        if into is not None:
+            onnx.save(graph, path)  # the marks, beside the external weights already written
+        yield name, graph if into is None else path
 
 
 def serialize(graph: ir.Model, release: Callable[[], None], every: int = 256 << 20) -> onnx.ModelProto:
@@ -239,6 +249,28 @@ def serialize(graph: ir.Model, release: Callable[[], None], every: int = 256 << 
     proto = ir.serde.serialize_model(graph)
     release()
     return proto
+
+
+def save_streamed(graph: ir.Model, path: Path, release: Callable[[], None], every: int = 256 << 20) -> None:
+    """Save the exported program at `path`, its initializers as external data beside it written one at a time,
+    calling `release` after every `every` bytes written (as `serialize`)."""
+    done = 0
+
+    def written(tensor, info) -> None:
+        nonlocal done
+        done += tensor.nbytes
+        if done >= every:
+            release()
+            done = 0
+
+    ir.save(graph, path, external_data=path.with_suffix(".data").name, callback=written, max_workers=1,
+            max_in_flight_bytes=every)
+    release()
+
+
+def load(graph: Graph) -> onnx.ModelProto:
+    """A graph in memory: `graph` itself, or the file `graph` names with its external weights."""
+    return graph if isinstance(graph, onnx.ModelProto) else onnx.load(graph)
 
 
 def _mark_routers(graph: onnx.GraphProto) -> None:
@@ -304,12 +336,12 @@ def quiet():
             log.setLevel(level)
 
 
-# ---- quantization mechanisms: ModelProto → ModelProto -------------------------------------------------------------
-def to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
+# ---- quantization mechanisms: Graph → ModelProto -------------------------------------------------------------------
+def to_fp16(graph: Graph) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    half = OnnxModel(convert_float_to_float16(graph, keep_io_types=True))
+    half = OnnxModel(convert_float_to_float16(load(graph), keep_io_types=True))
     half.topological_sort()  # the converter appends the float32 → float16 casts of the inputs last
     return half.model
 
@@ -319,7 +351,7 @@ def router_nodes(graph: onnx.ModelProto) -> list[str]:
     return [n.name for n in graph.graph.node if n.name.startswith(ROUTER_NODE)]
 
 
-def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx.ModelProto:
+def dynamic_int8(graph: Graph, nodes: list[str] | None = None) -> onnx.ModelProto:
     """MatMul → MatMulInteger with 8-bit weights per output channel (`nodes`, or all but routers).
 
     Per-tensor weights lost a point on `shapes` (quickstart model, 103-question slice: 0.427 vs PyTorch 0.437);
@@ -330,12 +362,16 @@ def dynamic_int8(graph: onnx.ModelProto, nodes: list[str] | None = None) -> onnx
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    routers = router_nodes(graph)
-    with tempfile.TemporaryDirectory() as tmp, quiet():
-        src, out = Path(tmp) / "in.onnx", Path(tmp) / "q.onnx"
-        # from a file: given a ModelProto, quantize_dynamic holds it, a deep copy and a reloaded copy at once.
-        # Saving with external data moves the weights out of `graph` (consumed: callers use what is returned)
-        onnx.save_model(graph, src, save_as_external_data=True, location="in.weights")
+    near = None if isinstance(graph, onnx.ModelProto) else graph.parent  # a file's temporaries beside it
+    with tempfile.TemporaryDirectory(dir=near) as tmp, quiet():
+        out = Path(tmp) / "q.onnx"
+        if isinstance(graph, onnx.ModelProto):
+            # from a file: given a ModelProto, quantize_dynamic holds it, a deep copy and a reloaded copy at once.
+            # Saving with external data moves the weights out of `graph` (consumed: callers use what is returned)
+            routers, src = router_nodes(graph), Path(tmp) / "in.onnx"
+            onnx.save_model(graph, src, save_as_external_data=True, location="in.weights")
+        else:
+            routers, src = router_nodes(onnx.load(graph, load_external_data=False)), graph
         quantize_dynamic(src, out, op_types_to_quantize=["MatMul"], per_channel=True, nodes_to_quantize=nodes,
                          nodes_to_exclude=routers, weight_type=QuantType.QUInt8, use_external_data_format=True)
         return onnx.load(out)
@@ -354,20 +390,32 @@ class NBits:
     block: int
     int8_head: bool
 
-    def __call__(self, graph: onnx.ModelProto, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
+    def __call__(self, graph: Graph, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
+        """From a file (`Graph` as a path), the float32 weights live only inside the quantizer, and are freed
+        before the int8 pass: the int4 graph goes to it through a file."""
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        head = [n.name for n in graph.graph.node if n.op_type == "MatMul" and "logits" in n.output]
+        nodes = graph if isinstance(graph, onnx.ModelProto) else onnx.load(graph, load_external_data=False)
+        head = [n.name for n in nodes.graph.node if n.op_type == "MatMul" and "logits" in n.output]
         int8 = (head if self.int8_head else []) + list(keep)
-        quantizer = MatMulNBitsQuantizer(graph, bits=self.bits, block_size=self.block, is_symmetric=True,
-                                         accuracy_level=4, nodes_to_exclude=int8 + router_nodes(graph))
+        quantizer = MatMulNBitsQuantizer(graph if isinstance(graph, onnx.ModelProto) else str(graph),
+                                         bits=self.bits, block_size=self.block, is_symmetric=True, accuracy_level=4,
+                                         nodes_to_exclude=int8 + router_nodes(nodes))
         with quiet():
             quantizer.process()
-        return dynamic_int8(quantizer.model.model, nodes=int8) if int8 else quantizer.model.model
+        if not int8:
+            return quantizer.model.model
+        if isinstance(graph, onnx.ModelProto):
+            return dynamic_int8(quantizer.model.model, nodes=int8)
+        with tempfile.TemporaryDirectory(dir=graph.parent) as tmp:  # on the bundle's disk, not a RAM /tmp
+            mid = Path(tmp) / "int4.onnx"
+            onnx.save_model(quantizer.model.model, mid, save_as_external_data=True, location="int4.weights")
+            del quantizer  # the float32 weights' memory goes with it
+            return dynamic_int8(mid, nodes=int8)
 
 
 # the format's quantizers (ModelProto → ModelProto), by the names the `onnx` rows of quant/schemes.py give
-MECHANISMS: Registry[Callable[[onnx.ModelProto], onnx.ModelProto]] = Registry("onnx quantization mechanism")
+MECHANISMS: Registry[Callable[[Graph], onnx.ModelProto]] = Registry("onnx quantization mechanism")
 MECHANISMS.register("fp16")(to_fp16)
 MECHANISMS.register("dynamic_int8")(dynamic_int8)
 MECHANISMS.register("int4_block32")(NBits(4, 32, int8_head=True))
@@ -416,10 +464,12 @@ def write(model, scheme: Scheme, out_dir: Path, graphs: dict[str, onnx.ModelProt
     from edgevlm.export import onnx_genai
 
     mechanisms = {GRAPHS[part]: (part, name) for part, name in scheme.mechanisms().items()}  # others stay fp32
-    traced = trace_graphs(model) if graphs is None else graphs.items()
-    graphs = {}
-    for graph_name, graph in traced:  # each quantized before the next is traced
-        graphs[graph_name] = _quantize(graph, *mechanisms[graph_name], keep) if graph_name in mechanisms else graph
+    with tempfile.TemporaryDirectory(dir=out_dir) as traced_dir:
+        traced = trace_graphs(model, into=Path(traced_dir)) if graphs is None else graphs.items()
+        graphs = {}
+        for graph_name, graph in traced:  # each quantized before the next is traced
+            graphs[graph_name] = (_quantize(graph, *mechanisms[graph_name], keep) if graph_name in mechanisms
+                                  else load(graph))
     fields = {"graphs": {name: {"file": GRAPH_FILES[name], **graph_io(g), "ops": op_counts(g)}
                          for name, g in graphs.items()}}
     externalize(list(graphs.values()), out_dir / WEIGHTS)
@@ -448,7 +498,7 @@ KEPT, KEPT_GETS = "dynamic_int8", "dynamic int8 per-channel"
 DECODER_PARTS = ("lm_head", "first_layer", "middle_layers", "last_layer")
 
 
-def _quantize(graph: onnx.ModelProto, part: str, name: str, keep: frozenset[str]) -> onnx.ModelProto:
+def _quantize(graph: Graph, part: str, name: str, keep: frozenset[str]) -> onnx.ModelProto:
     """`part`'s graph through its scheme mechanism `name`, the guard parts in `keep` through `KEPT` instead."""
     mechanism = MECHANISMS[name]
     if not isinstance(mechanism, NBits):
