@@ -118,6 +118,21 @@ def test_loading_maps_the_weights_once_and_pages_them_out(tmp_path):
     assert freed > 200, f"page_out freed {freed:.0f} MiB of the 256 MiB mapped"
 
 
+def test_copy_module_keeps_aliases_and_releases_as_it_copies():
+    from edgevlm.models.checkpoint import copy_module
+
+    m = torch.nn.Sequential(torch.nn.Embedding(64, 32), torch.nn.Linear(32, 64, bias=False), torch.nn.LayerNorm(32))
+    m[1].weight = m[0].weight  # tied, as an LM head to its embeddings
+    m.register_buffer("scale", torch.full((4,), 2.0))
+    calls = []
+    c = copy_module(m, lambda: calls.append(1), every=32 * 64 * 4)
+    assert c[1].weight is c[0].weight and c[0].weight is not m[0].weight
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in zip(m.state_dict().values(),
+                                                                                   c.state_dict().values()))
+    assert isinstance(c[0].weight, torch.nn.Parameter) and c[0].weight.requires_grad
+    assert len(calls) == 2  # after the 8 KiB table (`every`), and once at the end
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: the trainer's choice on CPU
 def test_packed_loss_equals_single_turn_loss(tiny_model, attention):
     emb = tiny_model.encode_image(torch.cat([_image(0), _image(1)]))
