@@ -71,10 +71,10 @@ def test_loading_converts_stored_dtypes_and_refuses_damaged_files(tiny_model, tm
     got = loaded.state_dict()
     assert all(torch.equal(got[k], v.bfloat16().to(v.dtype)) for k, v in tensors.items())
     data = (d / "model.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")  # the header's length
     for damaged, problem in ((data[:-5], "do not hold"), (b"\xff" * 8 + data[8:], "header length"),
                              (data[:8] + b"x" + data[9:], "Expecting value"),
-                             (data[:8] + b"[]".ljust(int.from_bytes(data[:8], "little")) + data[8 + int.from_bytes(data[:8], "little"):],
-                              "not a JSON object")):
+                             (data[:8] + b"[]".ljust(n) + data[8 + n:], "not a JSON object")):
         (d / "model.safetensors").write_bytes(damaged)
         with pytest.raises(EdgeVLMError, match=f"model.safetensors: not a valid safetensors file.*{problem}"):
             EdgeVLM.from_pretrained(d)

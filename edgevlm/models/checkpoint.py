@@ -3,8 +3,8 @@
 A model dir's weights are mapped, not copied (`map_weights_into`): the model's parameters are views of the
 file, so loading a model costs its weights' memory once (before: a whole-file map of them beside the
 parameters they were copied into), and that memory is the page cache's, which an exporter can hand back
-between steps (`MappedWeights.page_out`). The format (https://github.com/huggingface/safetensors#format) is an 8-byte little-endian header length,
-a JSON header of name → dtype, shape and byte offsets, then the tensors' bytes.
+between steps (`MappedWeights.page_out`). The format (https://github.com/huggingface/safetensors#format): an
+8-byte little-endian header length, a JSON header of name → dtype, shape and byte offsets, the tensors' bytes.
 """
 
 from __future__ import annotations
