@@ -9,6 +9,7 @@ between steps (`MappedWeights.page_out`). The format (https://github.com/hugging
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -116,9 +117,11 @@ class MappedWeights:
         return None  # a deep copy of a mapped module holds its tensors in its own memory: no file backs them
 
     def page_out(self) -> None:
-        """Reclaim the mapping's resident pages (pages written to stay: with no swap they cannot go)."""
+        """Reclaim the mapping's resident pages (pages written to stay: with no swap they cannot go). A kernel
+        without the advice (Linux < 5.4) keeps them: the kernel still drops clean pages under pressure."""
         if MADV_PAGEOUT is not None:
-            self.map.madvise(MADV_PAGEOUT)
+            with contextlib.suppress(OSError):
+                self.map.madvise(MADV_PAGEOUT)
 
 
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21 if sys.platform == "linux" else None)  # Linux ≥ 5.4; Python
