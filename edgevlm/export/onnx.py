@@ -264,7 +264,7 @@ def save_streamed(graph: ir.Model, path: Path, release: Callable[[], None], ever
             done = 0
 
     ir.save(graph, path, external_data=path.with_suffix(".data").name, callback=written, max_workers=1,
-            max_in_flight_bytes=every)
+            max_in_flight_bytes=every, size_threshold_bytes=INLINE_BYTES)  # what a bundle inlines stays inline
     release()
 
 
