@@ -47,7 +47,7 @@ from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.decoder import arch_spec, head_dim, rotary_dims
 from edgevlm.export.gguf_vision import clip_projector, write_mmproj
 from edgevlm.models.archs import ARCHS, GGUFMoE, GGUFSpec, Norm
-from edgevlm.models.checkpoint import unique_state
+from edgevlm.models.checkpoint import ReleaseEvery, unique_state
 from edgevlm.models.moe import MoE, decoder_layers
 from edgevlm.quant.schemes import Scheme
 from edgevlm.registry import Registry
@@ -225,7 +225,7 @@ def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def write_text_model(model, path: Path, f16: bool) -> None:
     """The LM as a float32 (or, `f16`, float16-matrix) GGUF, written tensor by tensor: beside the model, the
-    write holds one converted tensor and at most `PAGE_OUT_EVERY` bytes of mapped weights."""
+    write holds one converted tensor and at most `ReleaseEvery`'s bytes of mapped weights."""
     cfg, row, moe = model.cfg.llm, ARCHS[model.cfg.llm.arch], moe_graph(model)
     w = gguf.GGUFWriter(str(path), llama_cpp_arch(model))
     w.add_type(gguf.GGUFType.MODEL)
@@ -261,18 +261,12 @@ def write_text_model(model, path: Path, f16: bool) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    written = 0
+    releaser = ReleaseEvery(model.page_out_weights)  # the weights written so far are not read again here
     for name in list(tensors):  # one at a time, each dropped once written
         data = gguf.quants.quantize(tensors.pop(name), types[name])
         w.write_tensor_data(data)
-        written += data.nbytes
-        if written >= PAGE_OUT_EVERY:  # the weights written so far are not read again here
-            model.page_out_weights()
-            written = 0
+        releaser.count(data.nbytes)
     w.close()
-
-
-PAGE_OUT_EVERY = 256 << 20  # bytes written between two hand-backs of the model's mapped weights
 
 
 def write_tokenizer(w: gguf.GGUFWriter, tok: TextTokenizer, vocab_size: int, chat_template: str) -> None:

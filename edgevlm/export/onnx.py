@@ -42,6 +42,7 @@ from torch import nn
 from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.contract import contract_modules
 from edgevlm.export.decoder import PlainDecoder, masked_attention
+from edgevlm.models.checkpoint import ReleaseEvery
 from edgevlm.quant.schemes import Part, Scheme
 from edgevlm.registry import Registry
 
@@ -226,19 +227,15 @@ def trace_graphs(model, mark_parts: bool = False, into: Path | None = None) -> I
         yield name, graph if into is None else path
 
 
-def serialize(graph: ir.Model, release: Callable[[], None], every: int = 256 << 20) -> onnx.ModelProto:
-    """The exported program's `model_proto`, calling `release` after every `every` bytes of initializers
-    serialized: the ModelProto holds its own copy of the weights, so the model's mapped pages it has copied
-    can go (`EdgeVLM.page_out_weights`) while the rest are read; without it both sets were resident at the end."""
-    done = 0
+def serialize(graph: ir.Model, release: Callable[[], None]) -> onnx.ModelProto:
+    """The exported program's `model_proto`, handing back the model's mapped pages as its initializers are
+    serialized (`ReleaseEvery`): the ModelProto holds its own copy of the weights; without this both sets were
+    resident at the end."""
+    releaser = ReleaseEvery(release)
 
     def reading(tensor):
         def read():
-            nonlocal done
-            if done >= every:
-                release()
-                done = 0
-            done += tensor.nbytes
+            releaser.count(tensor.nbytes)
             return tensor
         return read
 
@@ -251,20 +248,13 @@ def serialize(graph: ir.Model, release: Callable[[], None], every: int = 256 << 
     return proto
 
 
-def save_streamed(graph: ir.Model, path: Path, release: Callable[[], None], every: int = 256 << 20) -> None:
+def save_streamed(graph: ir.Model, path: Path, release: Callable[[], None]) -> None:
     """Save the exported program at `path`, its initializers as external data beside it written one at a time,
-    calling `release` after every `every` bytes written (as `serialize`)."""
-    done = 0
-
-    def written(tensor, info) -> None:
-        nonlocal done
-        done += tensor.nbytes
-        if done >= every:
-            release()
-            done = 0
-
-    ir.save(graph, path, external_data=path.with_suffix(".data").name, callback=written, max_workers=1,
-            max_in_flight_bytes=every, size_threshold_bytes=INLINE_BYTES)  # what a bundle inlines stays inline
+    handing back the model's mapped pages as they are written (`ReleaseEvery`)."""
+    releaser = ReleaseEvery(release)
+    ir.save(graph, path, external_data=path.with_suffix(".data").name, max_workers=1,
+            callback=lambda tensor, info: releaser.count(tensor.nbytes), max_in_flight_bytes=releaser.every,
+            size_threshold_bytes=INLINE_BYTES)  # what a bundle inlines stays inline
     release()
 
 

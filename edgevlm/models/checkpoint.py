@@ -89,6 +89,10 @@ def read_header(path: Path, f) -> tuple[dict[str, dict], int]:
     return header, 8 + n
 
 
+MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21 if sys.platform == "linux" else None)  # Linux ≥ 5.4; Python
+# builds against older headers lack the name
+
+
 class MappedWeights:
     """A safetensors file mapped copy-on-write (MAP_PRIVATE): its tensors are views of the file's pages, read
     from disk when first touched; writing to one copies that page privately and never reaches the file. The
@@ -124,10 +128,6 @@ class MappedWeights:
                 self.map.madvise(MADV_PAGEOUT)
 
 
-MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21 if sys.platform == "linux" else None)  # Linux ≥ 5.4; Python
-# builds against older headers lack the name
-
-
 def map_weights_into(module: nn.Module, path: str | Path) -> MappedWeights:
     """Make `module`'s parameters and buffers views of the safetensors file `path` (`MappedWeights`), failing
     unless names and shapes match exactly (aliases excepted); a tensor stored in another dtype is converted
@@ -147,21 +147,33 @@ def map_weights_into(module: nn.Module, path: str | Path) -> MappedWeights:
     return weights
 
 
+class ReleaseEvery:
+    """Calls `release` after every `every` bytes `count`ed: a step that reads mapped weights one tensor at a time
+    hands back the pages it has read (`EdgeVLM.page_out_weights`) as it goes, so it holds at most `every` bytes
+    of them beside what it makes."""
+
+    def __init__(self, release: Callable[[], None], every: int = 256 << 20):
+        self.release, self.every, self.done = release, every, 0
+
+    def count(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.done >= self.every:
+            self.release()
+            self.done = 0
+
+
 def copy_module(module: nn.Module, release: Callable[[], None], every: int = 256 << 20) -> nn.Module:
     """A deep copy of `module` whose tensors are cloned one at a time, calling `release` after every `every`
     bytes: with `release` paging out the weights the copy is made from (`MappedWeights.page_out`), copying costs
     the copy's memory, not the copy's plus the source's. Aliases stay aliases, as in `copy.deepcopy`."""
     memo: dict[int, torch.Tensor] = {}
-    done = 0
+    releaser = ReleaseEvery(release, every)
     for t in [*module.parameters(), *module.buffers()]:
         if id(t) in memo:
             continue
         clone = t.detach().clone()
         memo[id(t)] = nn.Parameter(clone, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else clone
-        done += clone.nbytes
-        if done >= every:
-            release()
-            done = 0
+        releaser.count(clone.nbytes)
     release()
     return copy.deepcopy(module, memo)
 
