@@ -48,7 +48,7 @@ def bundles(trained, parity_eval, tmp_path_factory):
     def get(quant: str):
         if quant not in done:
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(onnx_export, "export_graphs", lambda model: copy.deepcopy(traced))
+                mp.setattr(onnx_export, "trace_graphs", lambda model, into=None: copy.deepcopy(traced).items())
                 cfg = ExportConfig("onnx", quant, verify_data=parity_eval,
                                    verify_limit=200 if quant == "fp32" else 0, threads=1)
                 done[quant] = export(trained, cfg, tmp_path_factory.mktemp("bundles") / quant, progress=False)
@@ -115,6 +115,20 @@ def _decoder_feed(embeds, past, start):
     B, T = embeds.shape[:2]
     return {"inputs_embeds": embeds, "attention_mask": np.ones((B, start + T), dtype=np.int64),
             "position_ids": np.tile(np.arange(start, start + T), (B, 1)), **past}
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_nbits_pass_writes_what_onnxruntimes_quantizer_writes(trained, tmp_path, bits):
+    """The int4 / int2 pass reads one float32 weight at a time from the traced file (`nbits_pass`), where
+    onnxruntime's `MatMulNBitsQuantizer` loads the whole graph first: the same graph, byte for byte."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    decoder = dict(onnx_export.trace_graphs(trained, into=tmp_path))["decoder"]
+    ours = onnx_export.NBits(bits, 32, int8_head=False)(decoder)
+    theirs = MatMulNBitsQuantizer(str(decoder), bits=bits, block_size=32, is_symmetric=True, accuracy_level=4)
+    theirs.process()
+    assert onnx_export.op_counts(ours)["MatMulNBits"] > 0
+    assert ours.SerializeToString() == theirs.model.model.SerializeToString()
 
 
 def test_cached_decoding_equals_one_full_pass(bundles):

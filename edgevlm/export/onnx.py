@@ -10,11 +10,11 @@ graph hits protobuf's 2 GB limit and the onnxruntime-genai text graph (`onnx_gen
 
 Quantization uses onnxruntime.quantization (docs/architecture.md, Quantization): fp16 via
 `onnxruntime.transformers.float16` with float32 inputs and outputs kept; int8 via `quantize_dynamic` (MatMul →
-MatMulInteger, per-channel uint8 weights, dynamic uint8 activations); int4 via `MatMulNBitsQuantizer` (block 32,
-symmetric, accuracy level 4: int8 activations on CPU) with the LM head at int8; int2 the same at 2 bits, LM
-head included (lossy on purpose: what the accuracy guard, export/guard.py, raises parts out of, to dynamic int8
-by leaving their nodes out of MatMulNBits: `ONNXKeeper`). The token embedding stays float. Every graph passes
-`onnx.checker.check_model(full_check=True)`.
+MatMulInteger, per-channel uint8 weights, dynamic uint8 activations); int4 as `MatMulNBitsQuantizer` does it,
+one weight at a time (`nbits_pass`: block 32, symmetric, accuracy level 4: int8 activations on CPU) with the LM
+head at int8; int2 the same at 2 bits, LM head included (lossy on purpose: what the accuracy guard,
+export/guard.py, raises parts out of, to dynamic int8 by leaving their nodes out of MatMulNBits: `ONNXKeeper`). The token
+embedding stays float. Every graph passes `onnx.checker.check_model(full_check=True)`.
 Specs: https://onnx.ai/onnx/repo-docs/ExternalData.html,
 https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 """
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import torch
@@ -381,27 +382,73 @@ class NBits:
     int8_head: bool
 
     def __call__(self, graph: Graph, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
-        """From a file (`Graph` as a path), the float32 weights live only inside the quantizer, and are freed
-        before the int8 pass: the int4 graph goes to it through a file."""
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        nodes = graph if isinstance(graph, onnx.ModelProto) else onnx.load(graph, load_external_data=False)
-        head = [n.name for n in nodes.graph.node if n.op_type == "MatMul" and "logits" in n.output]
+        """From a file (`Graph` as a path), the graph is read without its weights and each float32 weight is read
+        only while it is quantized (`nbits_pass`); the int4 graph goes to the int8 pass through a file."""
+        model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(graph, load_external_data=False)
+        base = None if isinstance(graph, onnx.ModelProto) else graph.parent
+        head = [n.name for n in model.graph.node if n.op_type == "MatMul" and "logits" in n.output]
         int8 = (head if self.int8_head else []) + list(keep)
-        quantizer = MatMulNBitsQuantizer(graph if isinstance(graph, onnx.ModelProto) else str(graph),
-                                         bits=self.bits, block_size=self.block, is_symmetric=True, accuracy_level=4,
-                                         nodes_to_exclude=int8 + router_nodes(nodes))
-        with quiet():
-            quantizer.process()
+        nbits_pass(model, base, self.bits, self.block, exclude={*int8, *router_nodes(model)})
+        if base is None:
+            return dynamic_int8(model, nodes=int8) if int8 else model
         if not int8:
-            return quantizer.model.model
-        if isinstance(graph, onnx.ModelProto):
-            return dynamic_int8(quantizer.model.model, nodes=int8)
-        with tempfile.TemporaryDirectory(dir=graph.parent) as tmp:  # on the bundle's disk, not a RAM /tmp
-            mid = Path(tmp) / "int4.onnx"
-            onnx.save_model(quantizer.model.model, mid, save_as_external_data=True, location="int4.weights")
-            del quantizer  # the float32 weights' memory goes with it
+            onnx.external_data_helper.load_external_data_for_model(model, str(base))
+            return model
+        # beside the traced file, whose float32 weights (LM head, norms) it still names by relative location
+        mid = graph.with_name(f"{graph.stem}.nbits.onnx")
+        onnx.save_model(model, mid, save_as_external_data=True, location=mid.with_suffix(".data").name)
+        del model
+        try:
             return dynamic_int8(mid, nodes=int8)
+        finally:
+            mid.unlink()
+            mid.with_suffix(".data").unlink()
+
+
+def nbits_pass(model: onnx.ModelProto, base: Path | None, bits: int, block: int, exclude: set[str]) -> None:
+    """Rewrite `model` in place as onnxruntime's `MatMulNBitsQuantizer` does (default algorithm, QOperator format:
+    the same kernel, node and initializer names, so the same bytes), one weight at a time: a float32 weight
+    stored as external data (relative to `base`) is read only while it is quantized. The whole-graph quantizer
+    loads every float32 weight first, which was the ONNX export's peak (4.5 bytes per parameter at 1.7 B)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 DefaultWeightOnlyQuantizer)
+
+    kernel = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True,
+                                                                     accuracy_level=4, bits=bits))
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" and node.name not in exclude else None
+        if w is None or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        packed, scales, _ = kernel.qbits_block_quant(_read_initializer(w, base))
+        quantized = [ir.serde.serialize_tensor(ir.Tensor(packed, name=f"{w.name}_Q{bits}")),
+                     ir.serde.serialize_tensor(ir.Tensor(scales, name=f"{w.name}_scales"))]
+        graph.initializer.extend(quantized)
+        K, N = w.dims
+        nodes.append(onnx.helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in quantized)],
+                                           node.output, name=f"{node.name}_Q{bits}" if node.name else "",
+                                           domain=MSFT_DOMAIN, K=K, N=N, bits=bits, block_size=block,
+                                           accuracy_level=4))
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    if not any(o.domain == MSFT_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MSFT_DOMAIN, 1))
+
+
+def _read_initializer(t: TensorProto, base: Path | None) -> np.ndarray:
+    """An initializer's values, from its external data file under `base` if it has one (leaving `t` as it is)."""
+    if not onnx.external_data_helper.uses_external_data(t):
+        return numpy_helper.to_array(t)
+    detached = TensorProto()
+    detached.CopyFrom(t)
+    onnx.external_data_helper.load_external_data_for_tensor(detached, str(base))
+    return numpy_helper.to_array(detached)
 
 
 # the format's quantizers (ModelProto → ModelProto), by the names the `onnx` rows of quant/schemes.py give
