@@ -13,8 +13,8 @@ Quantization uses onnxruntime.quantization (docs/architecture.md, Quantization):
 MatMulInteger, per-channel uint8 weights, dynamic uint8 activations); int4 as `MatMulNBitsQuantizer` does it,
 one weight at a time (`nbits_pass`: block 32, symmetric, accuracy level 4: int8 activations on CPU) with the LM
 head at int8; int2 the same at 2 bits, LM head included (lossy on purpose: what the accuracy guard,
-export/guard.py, raises parts out of, to dynamic int8 by leaving their nodes out of MatMulNBits: `ONNXKeeper`). The token
-embedding stays float. Every graph passes `onnx.checker.check_model(full_check=True)`.
+export/guard.py, raises parts out of, to dynamic int8 by leaving their nodes out of MatMulNBits: `ONNXKeeper`).
+The token embedding stays float. Every graph passes `onnx.checker.check_model(full_check=True)`.
 Specs: https://onnx.ai/onnx/repo-docs/ExternalData.html,
 https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 """
