@@ -64,9 +64,11 @@ class TextDecoder(nn.Module):
         self.core = PlainDecoder(llm, arch)
         self.max_context = max_context
         shape = (1, max_context, self.core.num_kv_heads, self.core.head_dim)  # the ops' (B, S, H_kv, hd)
+        # left unwritten, so exporting does not make them resident (0.8 GB at 1.7 B): `custom_sdpa` reads only
+        # positions that `update_cache` wrote, and the program keeps a mutated buffer's shape and dtype only
         for i in range(self.core.num_layers):
-            self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
-            self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
+            self.register_buffer(f"k_cache_{i}", torch.empty(shape), persistent=False)
+            self.register_buffer(f"v_cache_{i}", torch.empty(shape), persistent=False)
 
     def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         T = embeds.shape[1]
