@@ -43,7 +43,7 @@ from torch import nn
 from edgevlm.export.base import Exporter, Keeper
 from edgevlm.export.contract import contract_modules
 from edgevlm.export.decoder import PlainDecoder, masked_attention
-from edgevlm.models.checkpoint import ReleaseEvery
+from edgevlm.models.checkpoint import ReleaseEvery, trim_heap
 from edgevlm.quant.schemes import Part, Scheme
 from edgevlm.registry import Registry
 
@@ -507,6 +507,7 @@ def write(model, scheme: Scheme, out_dir: Path, graphs: dict[str, onnx.ModelProt
         for graph_name, graph in traced:  # each quantized before the next is traced
             graphs[graph_name] = (_quantize(graph, *mechanisms[graph_name], keep) if graph_name in mechanisms
                                   else load(graph))
+            trim_heap()  # what the quantizer freed (at 1.7 B: 2.9 GiB resident after the vision graph's)
     fields = {"graphs": {name: {"file": GRAPH_FILES[name], **graph_io(g), "ops": op_counts(g)}
                          for name, g in graphs.items()}}
     externalize(list(graphs.values()), out_dir / WEIGHTS)
