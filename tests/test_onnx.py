@@ -117,13 +117,19 @@ def _decoder_feed(embeds, past, start):
             "position_ids": np.tile(np.arange(start, start + T), (B, 1)), **past}
 
 
+@pytest.fixture(scope="module")
+def traced_decoder(trained, tmp_path_factory):
+    """The decoder graph as `write` traces it: a file, its weights as external data beside it."""
+    return dict(onnx_export.trace_graphs(trained, into=tmp_path_factory.mktemp("traced")))["decoder"]
+
+
 @pytest.mark.parametrize("bits", [4, 2])
-def test_nbits_pass_writes_what_onnxruntimes_quantizer_writes(trained, tmp_path, bits):
+def test_nbits_pass_writes_what_onnxruntimes_quantizer_writes(traced_decoder, bits):
     """The int4 / int2 pass reads one float32 weight at a time from the traced file (`nbits_pass`), where
     onnxruntime's `MatMulNBitsQuantizer` loads the whole graph first: the same graph, byte for byte."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    decoder = dict(onnx_export.trace_graphs(trained, into=tmp_path))["decoder"]
+    decoder = traced_decoder
     ours = onnx_export.NBits(bits, 32, int8_head=False)(decoder)
     theirs = MatMulNBitsQuantizer(str(decoder), bits=bits, block_size=32, is_symmetric=True, accuracy_level=4)
     theirs.process()
