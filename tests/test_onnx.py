@@ -129,9 +129,8 @@ def test_nbits_pass_writes_what_onnxruntimes_quantizer_writes(traced_decoder, bi
     onnxruntime's `MatMulNBitsQuantizer` loads the whole graph first: the same graph, byte for byte."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    decoder = traced_decoder
-    ours = onnx_export.NBits(bits, 32, int8_head=False)(decoder)
-    theirs = MatMulNBitsQuantizer(str(decoder), bits=bits, block_size=32, is_symmetric=True, accuracy_level=4)
+    ours = onnx_export.NBits(bits, 32, int8_head=False)(traced_decoder)
+    theirs = MatMulNBitsQuantizer(str(traced_decoder), bits=bits, block_size=32, is_symmetric=True, accuracy_level=4)
     theirs.process()
     assert onnx_export.op_counts(ours)["MatMulNBits"] > 0
     assert ours.SerializeToString() == theirs.model.model.SerializeToString()
