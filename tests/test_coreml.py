@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import platform
+import re
 
 import numpy as np
 import pytest
@@ -92,14 +93,46 @@ def test_fp16_cache_stays_close(tiny_model):
     torch.testing.assert_close(_ours(dec, embeds, 5), _reference(llm, embeds, 5), atol=2e-2, rtol=2e-2)
 
 
-def _convert(module, shape) -> "ct.models.MLModel":
+def _convert(module, shape, pipeline=None) -> "ct.models.MLModel":
     """A tiny traced module → an fp16 iOS 18 ML Program, the token axis (1) flexible."""
     flex = tuple(ct.RangeDim(1, 64, default=1) if i == 1 else d for i, d in enumerate(shape))
     with torch.no_grad():
         program = torch.jit.trace(module.eval(), (torch.randn(shape),))
     return ct.convert(program, inputs=[ct.TensorType(name="x", shape=flex, dtype=np.float32)],
                       minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT16,
-                      skip_model_load=True)
+                      pass_pipeline=pipeline, skip_model_load=True)
+
+
+def _ops(mlmodel) -> list[str]:
+    """The program's operations, each variable named by the order it is made in: generated names (`cast_47`)
+    count the ops made along the way, which differ between two routes to the same program."""
+    ops = mlmodel.get_spec().mlProgram.functions["main"].block_specializations["CoreML8"].operations
+    made = {out.name: f"v{i}" for i, out in enumerate(o for op in ops for o in op.outputs)}
+    text = []
+    for op in ops:
+        op.attributes.pop("name", None)
+        text.append(re.sub(r'name: "([^"]+)"', lambda m: f'name: "{made.get(m[1], m[1])}"', str(op)))
+    return text
+
+
+@pytest.mark.parametrize("quant", ["int8_per_channel", "int4_block32"])
+def test_compression_in_the_pipeline_is_the_post_conversion_one(quant):
+    """The exporter compresses inside the conversion (`coreml.pipeline`, one copy of the fp16 weights in memory):
+    the same constants and operations as `cto.linear_quantize_weights` on the converted model."""
+    import coremltools.optimize.coreml as cto
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    config = cto.OptimizationConfig(global_config=coreml.MECHANISMS[quant].config())
+    after = cto.linear_quantize_weights(_convert(mlp, (1, 4, 64)), config)
+    inside = _convert(mlp, (1, 4, 64), coreml.pipeline(coreml.MECHANISMS[quant]))
+    consts = [coreml_verify.package_constants(m._mil_program.functions["main"]) for m in (after, inside)]
+    assert consts[0].keys() == consts[1].keys() and len(consts[0]) == 4
+    for name, c in consts[0].items():
+        for key, value in c.items():
+            assert np.array_equal(np.asarray(value), np.asarray(consts[1][name][key])), (name, key)
+    assert sum("data" in c for c in consts[1].values()) == 2  # both weights compressed (biases stay fp16)
+    assert _ops(after) == _ops(inside)
 
 
 @pytest.mark.parametrize("size", [300, 500])  # below / above the size where the converter's underflow rule stops

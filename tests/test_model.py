@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from edgevlm.errors import EdgeVLMError
 from edgevlm.load import load_model
+from edgevlm.models.checkpoint import released_every
 from edgevlm.models.vlm import EdgeVLM
 from edgevlm.train import lora
 from edgevlm.train.packing import build_batch, pack
@@ -138,6 +140,16 @@ def test_trim_heap_gives_back_the_holes_freed_tensors_leave():
                                               check=True).stdout.split())
     assert before > 900, f"the pattern left only {before:.0f} MiB resident: it no longer fragments the heap"
     assert after < 600, f"{after:.0f} MiB resident after trim_heap, 512 MiB live"
+
+
+def test_released_every_releases_while_inside_only():
+    """`released_every` hands the weights back from a thread while a library step runs, and stops with it."""
+    calls = []
+    with released_every(0.02, lambda: calls.append(1)):
+        time.sleep(0.5)
+    inside = len(calls)
+    time.sleep(0.1)
+    assert inside >= 5 and len(calls) == inside
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: the trainer's choice on CPU

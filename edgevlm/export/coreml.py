@@ -7,9 +7,10 @@ Files (coremltools 9, apple.github.io/coremltools/docs-guides):
   Core ML state (`ct.StateType`, "Stateful Models" guide; `CoreMLTextDecoder`), T and E flexible
   (`ct.RangeDim`); and `token_embedding(input_ids (1, T) int32) → inputs_embeds (1, T, D)`.
 Programs are traced (`torch.jit.trace`, the converter's path for stateful models) and converted with fp16
-compute precision (the ML Program default). Compression ("Optimizing Models" guide, `coremltools.optimize.
-coreml.linear_quantize_weights`): int8 is linear symmetric per output channel; int4 is linear symmetric per
-block of 32 input channels for the LLM's linears, int8 per channel for the vision side and the embedding.
+compute precision (the ML Program default). Compression ("Optimizing Models" guide, the pass of `coremltools.
+optimize.coreml.linear_quantize_weights`, run inside the conversion: `pipeline`): int8 is linear symmetric per
+output channel; int4 is linear symmetric per block of 32 input channels for the LLM's linears, int8 per channel
+for the vision side and the embedding.
 Weights of at most `WEIGHT_THRESHOLD` elements (norms, biases) stay fp16.
 
 Core ML cannot predict on Linux, so the bundle's runtime (`edgevlm.runtimes.coreml`) runs only on macOS; on
@@ -18,10 +19,10 @@ other systems `edgevlm.export.coreml_verify.linux_verification` checks what can 
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 from edgevlm.export.base import Exporter
 from edgevlm.export.contract import contract_modules
 from edgevlm.export.coreml_decoder import CoreMLTextDecoder
+from edgevlm.models.checkpoint import released_every, trim_heap
 from edgevlm.quant.schemes import PARTS, Scheme
 from edgevlm.registry import Registry
 from edgevlm.engines.coreml import CAN_PREDICT, causal_mask
@@ -37,6 +39,9 @@ from edgevlm.engines.coreml import CAN_PREDICT, causal_mask
 VISION_FILE, DECODER_FILE = "VisionEncoder.mlpackage", "TextDecoder.mlpackage"
 TARGET, SPEC_VERSION = "iOS18", 9  # the first target with states and per-block int4 (specification version 9)
 WEIGHT_THRESHOLD = 2048  # coremltools' default: smaller constants are left uncompressed
+RELEASE_SECONDS = 0.2  # how often the mapped weights are handed back while the model is traced and converted
+COMPRESSION_PASS = "compression::linear_quantize_weights"  # what `cto.linear_quantize_weights` runs
+FP16_PASSES = ("common::add_fp16_cast", "common::add_int16_cast")  # what the converter drops at float32
 
 
 @dataclass(frozen=True)
@@ -129,12 +134,9 @@ def trace_programs(model) -> dict[str, torch.jit.ScriptModule]:
     return {name: torch.jit.trace(module, args) for name, (module, args) in modules(model).items()}
 
 
-def convert(program: torch.jit.ScriptModule, spec: dict, dims: dict, quant: LinearQuant | None,
-            release: Callable[[], None] = lambda: None):
-    """One traced program → an fp16 ML Program (iOS 18) with `spec`'s names, compressed by `quant`; `release`
-    is called between conversion and compression, when the program's float32 weights have been read."""
+def convert(program: torch.jit.ScriptModule, spec: dict, dims: dict, quant: LinearQuant | None):
+    """One traced program → an fp16 ML Program (iOS 18) with `spec`'s names, compressed by `quant`."""
     import coremltools as ct
-    import coremltools.optimize.coreml as cto
 
     # one RangeDim per flexible dim, shared by the inputs that have it (symbol names are process-global)
     flexible = {d: ct.RangeDim(lo, hi, default=1) for d, (lo, hi) in dims.items()}
@@ -143,19 +145,35 @@ def convert(program: torch.jit.ScriptModule, spec: dict, dims: dict, quant: Line
         shape = tuple(flexible[d] if isinstance(d, str) else d for d in t["shape"])
         return ct.TensorType(shape=shape, dtype=np.dtype(t["dtype"]).type, **name)
 
-    mlmodel = ct.convert(
+    return ct.convert(
         program,
         inputs=[tensor(t, name=t["name"]) for t in spec["inputs"]],
         outputs=[ct.TensorType(name=t["name"], dtype=np.dtype(t["dtype"]).type) for t in spec["outputs"]],
         states=[ct.StateType(wrapped_type=tensor(t), name=t["name"]) for t in spec["states"]],
         minimum_deployment_target=getattr(ct.target, TARGET),
         compute_precision=ct.precision.FLOAT16,
+        pass_pipeline=pipeline(quant),
         skip_model_load=not CAN_PREDICT,
     )
-    release()
+
+
+def pipeline(quant: LinearQuant | None):
+    """The converter's passes, with `quant`'s compression run inside them: the default passes, the compression
+    pass, then the default passes again but the fp16 cast, which is what `cto.linear_quantize_weights` would run
+    on the converted model. In one pipeline the fp16 weights are compressed where they are; compressing the
+    converted model reads its package back into a second copy of them (1.7 B: 2.8 GB more at the peak). Same
+    weights and ops (tests/test_coreml.py::test_compression_in_the_pipeline_is_the_post_conversion_one)."""
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    passes = ct.PassPipeline.DEFAULT
     if quant is not None:
-        mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=quant.config()))
-    return mlmodel
+        passes.append_pass(COMPRESSION_PASS)
+        for name in ct.PassPipeline.DEFAULT.passes:
+            if name not in FP16_PASSES:
+                passes.append_pass(name)
+        passes.set_options(COMPRESSION_PASS, {"config": cto.OptimizationConfig(global_config=quant.config())})
+    return passes
 
 
 def write(model, scheme: Scheme, out_dir: Path) -> dict:
@@ -163,17 +181,20 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
     import coremltools as ct
 
     specs, dims, parts = function_specs(model), flexible_dims(model), compression(scheme)
-    programs = trace_programs(model)
-    # tracing ran the model, so every mapped weight is resident: hand the pages back before each memory-hungry
-    # step (at 1.7 B, 6.3 GiB of them were still resident while the decoder's weights were compressed)
-    model.page_out_weights()
-    mlmodels = {name: convert(programs[name], spec, dims, parts.get(name), model.page_out_weights)
-                for name, spec in specs.items()}
-    mlmodels["vision_encoder"].save(str(out_dir / VISION_FILE))
-    with tempfile.TemporaryDirectory() as tmp:
+    # tracing runs the model, and the converter reads every weight twice (its frontend compares each with
+    # itself, its fp16 pass copies each) with no hook in between: without handing the mapped pages back as it
+    # goes, all of them were resident at once (1.7 B: 6.0 GiB of them beside the fp16 copies)
+    released = released_every(RELEASE_SECONDS, model.page_out_weights)
+    with released, tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # scratch beside the bundle being written
+        programs = trace_programs(model)
+        for name, spec in specs.items():  # one at a time: each is saved before the next is converted
+            mlmodel = convert(programs.pop(name), spec, dims, parts.get(name))
+            mlmodel.save(str(out_dir / VISION_FILE) if name == "vision_encoder" else f"{tmp}/{name}.mlpackage")
+            del mlmodel
+            gc.collect()  # a MIL program is a web of reference cycles: its weights go only when collected
+            trim_heap()
         desc = ct.utils.MultiFunctionDescriptor()
         for name in ("text_decoder", "token_embedding"):
-            mlmodels[name].save(f"{tmp}/{name}.mlpackage")
             desc.add_function(f"{tmp}/{name}.mlpackage", src_function_name="main",
                               target_function_name=specs[name]["function"])
         desc.default_function_name = specs["text_decoder"]["function"]

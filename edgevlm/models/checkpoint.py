@@ -16,6 +16,7 @@ import math
 import mmap
 import struct
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -160,6 +161,26 @@ class ReleaseEvery:
         if self.done >= self.every:
             self.release()
             self.done = 0
+
+
+@contextlib.contextmanager
+def released_every(seconds: float, release: Callable[[], None]):
+    """Inside, a thread calls `release` every `seconds`: for a step inside a library that reads every mapped weight
+    with nowhere to hand the pages back between reads (coremltools' converter compares each parameter with itself,
+    then makes an fp16 copy of each), so that it holds what it reads in `seconds` rather than all of it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            release()
+
+    thread = threading.Thread(target=loop, name="edgevlm-release", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def trim_heap() -> None:
