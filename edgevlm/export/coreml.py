@@ -161,8 +161,9 @@ def pipeline(quant: LinearQuant | None):
     """The converter's passes, with `quant`'s compression run inside them: the default passes, the compression
     pass, then the default passes again but the fp16 cast, which is what `cto.linear_quantize_weights` would run
     on the converted model. In one pipeline the fp16 weights are compressed where they are; compressing the
-    converted model reads its package back into a second copy of them (1.7 B: 2.8 GB more at the peak). Same
-    weights and ops (tests/test_coreml.py::test_compression_in_the_pipeline_is_the_post_conversion_one)."""
+    converted model reads its package back into a second copy of them, beside the mapped package (3B: a peak of
+    11.36 GiB against 9.18). Same weights and ops
+    (tests/test_coreml.py::test_compression_in_the_pipeline_is_the_post_conversion_one)."""
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
@@ -183,7 +184,7 @@ def write(model, scheme: Scheme, out_dir: Path) -> dict:
     specs, dims, parts = function_specs(model), flexible_dims(model), compression(scheme)
     # tracing runs the model, and the converter reads every weight twice (its frontend compares each with
     # itself, its fp16 pass copies each) with no hook in between: without handing the mapped pages back as it
-    # goes, all of them were resident at once (1.7 B: 6.0 GiB of them beside the fp16 copies)
+    # goes, all of them were resident at once (1.7 B: 6.0 GiB after tracing, 5.0 in the frontend and fp16 pass)
     released = released_every(RELEASE_SECONDS, model.page_out_weights)
     with released, tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # scratch beside the bundle being written
         programs = trace_programs(model)
