@@ -67,22 +67,23 @@ def main() -> None:
         per_node, op_of, runs = kernel_times(Path(session.end_profiling()), skip_runs=1)
         tower = tower_nodes(Path(tmp) / "optimized.onnx")
 
-    parts = {"tower": defaultdict(float), "projector": defaultdict(float)}
+    parts = {name: {"nodes": 0, "ms_per_image": defaultdict(float)} for name in ("tower", "projector")}
     for node, us in per_node.items():
-        parts["tower" if node in tower else "projector"][op_of[node]] += us / 1e3 / runs
-    total = sum(sum(ops.values()) for ops in parts.values())
+        part = parts["tower" if node in tower else "projector"]
+        part["nodes"] += 1
+        part["ms_per_image"][op_of[node]] += us / 1e3 / runs
+    total = sum(sum(part["ms_per_image"].values()) for part in parts.values())
     print(f"{a.bundle}: {runs} image encodes, {a.threads} threads; kernels {total:.0f} ms per image")
     print("| part | nodes | ms per image | share | top operators (ms) |")
     print("|---|---:|---:|---:|---|")
-    for name, ops in parts.items():
+    for name, part in parts.items():
+        ops = part["ms_per_image"]
         ms = sum(ops.values())
         top = ", ".join(f"{op} {t:.0f}" for op, t in sorted(ops.items(), key=lambda kv: -kv[1])[:4])
-        nodes = sum(1 for n in per_node if (n in tower) == (name == "tower"))
-        print(f"| {name} | {nodes} | {ms:.1f} | {ms / total:.1%} | {top} |")
+        print(f"| {name} | {part['nodes']} | {ms:.1f} | {ms / total:.1%} | {top} |")
     if a.json:
-        a.json.write_text(json.dumps({"bundle": str(a.bundle), "threads": a.threads, "runs": runs,
-                                      "parts": {k: dict(v) for k, v in parts.items()}}, indent=1))
-
+        a.json.write_text(json.dumps({"bundle": str(a.bundle), "threads": a.threads, "runs": runs, "parts": parts},
+                                     indent=1))
 
 if __name__ == "__main__":
     main()

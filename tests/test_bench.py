@@ -241,3 +241,28 @@ def test_onnx_decode_ops_groups_the_profiled_kernels(tmp_path):
                        for t in graph.initializer if t.name in packed)
     assert packed_bytes > 0 and ops["MatMulNBits"]["weight_mb"] * 1e6 >= packed_bytes
     assert all(r["ms_per_token"] > 0 for r in ops.values())
+
+
+def test_onnx_vision_split_cuts_the_graph_at_the_towers_weights(tmp_path):
+    """benchmarks/onnx_vision_split.py on the golden int4 bundle: every profiled kernel lands in the tower or the
+    projector, the tower holding every node that reads a tower weight, the projector the ones after it."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from onnx_vision_split import tower_nodes
+
+    out = tmp_path / "split.json"
+    bundle = GOLDEN_BUNDLES / "onnx-int4"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "onnx_vision_split.py"),
+                    str(bundle), "--runs", "2", "--threads", "1", "--json", str(out)], check=True, capture_output=True)
+    parts = json.loads(out.read_text())["parts"]
+    assert all(p["nodes"] > 0 and sum(p["ms_per_image"].values()) > 0 for p in parts.values()), parts
+    import onnx
+
+    graph = onnx.load(bundle / "vision.onnx", load_external_data=False).graph
+    tower = tower_nodes(bundle / "vision.onnx")
+    reading = {n.name for n in graph.node if any(i.startswith("vision.tower.") for i in n.input)}
+    projector = {n.name for n in graph.node if any(i.startswith("projector.") for i in n.input)}
+    assert reading and reading <= tower and projector and not projector & tower
+
