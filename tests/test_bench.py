@@ -249,6 +249,8 @@ def test_onnx_vision_split_cuts_the_graph_at_the_towers_weights(tmp_path):
     import subprocess
     import sys
 
+    import onnx
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from onnx_vision_split import tower_nodes
 
@@ -258,8 +260,6 @@ def test_onnx_vision_split_cuts_the_graph_at_the_towers_weights(tmp_path):
                     str(bundle), "--runs", "2", "--threads", "1", "--json", str(out)], check=True, capture_output=True)
     parts = json.loads(out.read_text())["parts"]
     assert all(p["nodes"] > 0 and sum(p["ms_per_image"].values()) > 0 for p in parts.values()), parts
-    import onnx
-
     graph = onnx.load(bundle / "vision.onnx", load_external_data=False).graph
     tower = tower_nodes(bundle / "vision.onnx")
     reading = {n.name for n in graph.node if any(i.startswith("vision.tower.") for i in n.input)}
