@@ -107,7 +107,8 @@ def test_dense_compute_variant_equals_sparse_dispatch():
 # ---- MoE-tuning --------------------------------------------------------------------------------------------
 
 
-def test_train_moe_cli_round_trip(tiny_model_dir, shapes_train, tmp_path, capsys):
+def test_train_moe_cli_round_trip(tiny_model_dir, shapes_train, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # tqdm cuts the bar to the terminal's width (xdist workers set 80)
     out = tmp_path / "moe"
     main(["train", "--model", str(tiny_model_dir), "--data", str(shapes_train), "--out", str(out),
           "--method", "moe", "--experts", "4", "--top-k", "2", "--aux-loss", "0.01", "--max-steps", "4",
