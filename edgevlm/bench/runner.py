@@ -42,10 +42,17 @@ class BenchConfig:
     # `edgevlm bench` defaults to 5; 1 for callers that interleave on their own (benchmarks/native_vs_python.py)
 
 
-def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: Device | None = None) -> dict:
+def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: Device | None = None,
+          settings: list[dict[str, str]] | None = None) -> dict:
     """Measure the bundles in rounds (rounds.py): each round measures every bundle once, each in its own process
     and beside a bandwidth reading of its own; the report as one dict. With a `device` (devices.py), the native
-    runner measures on that target instead of the Python runtimes."""
+    runner measures on that target instead of the Python runtimes. `settings[i]`: engine knobs for bundles[i]
+    (`Runtime.settings`); a bundle may be listed more than once, with different knobs."""
+    settings = settings or [{} for _ in bundles]
+    if len(settings) != len(bundles):
+        raise ValueError(f"{len(settings)} settings for {len(bundles)} bundles")
+    if device is not None and any(settings):
+        raise EdgeVLMError("engine settings apply to the host's Python runtimes, not to --device's runner")
     if device is not None and cfg.eval is not None:
         raise EdgeVLMError("--eval measures accuracy with the host's Python runtimes, not with --device")
     if device is not None and cfg.self_timing:
@@ -62,7 +69,7 @@ def bench(bundles: list[Path], cfg: BenchConfig, progress: bool = True, device: 
         for r, indices in enumerate(order):
             got: dict[int, dict] = {}
             for position, i in enumerate(indices):
-                req = _request({**asdict(cfg), "image": image, "threads": threads,
+                req = _request({**asdict(cfg), "image": image, "threads": threads, "settings": settings[i],
                                 "eval": cfg.eval if r == 0 else None})  # accuracy once: it does not vary
                 row = device.measure(bundles[i], req) if device is not None else _measure(bundles[i], req, Path(tmp))
                 # right after it (on a phone, `measure` is what puts the runner there)

@@ -37,7 +37,8 @@ def measure(req: dict) -> dict:
 
     t = time.perf_counter()
     self_timing = req.get("self_timing", False)
-    runtime = load_runtime(req["bundle"], threads=req["threads"], self_timing=self_timing)
+    runtime = load_runtime(req["bundle"], threads=req["threads"], self_timing=self_timing,
+                           settings=req.get("settings"))
     load_ms = (time.perf_counter() - t) * 1e3
     image = load_image(req["image"])
     for _ in range(req["warmup"]):
@@ -54,6 +55,7 @@ def measure(req: dict) -> dict:
         "projector": bundle.manifest.get("model", {}).get("projector"),
         "image_tokens": bundle.image_tokens,
         "runtime": runtime.name,
+        "settings": runtime.chosen,
         "runtime_version": metadata.version(ENGINE_PACKAGES[bundle.format]),
         "bytes_on_disk": sum(f["bytes"] for f in bundle.manifest["files"].values()),
         "decode_weight_bytes": weight_bytes,

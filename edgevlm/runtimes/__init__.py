@@ -22,12 +22,14 @@ RUNTIME_MODULES = {
 }
 
 
-def load_runtime(path: str | Path, threads: int | None = None, self_timing: bool = False) -> Runtime:
-    """Open the bundle at `path` (checking its files) in the runtime its manifest names; `self_timing`: see
-    `Runtime.__init__`."""
+def load_runtime(path: str | Path, threads: int | None = None, self_timing: bool = False,
+                 settings: dict[str, str] | None = None) -> Runtime:
+    """Open the bundle at `path` (checking its files) in the runtime its manifest names; `self_timing` and
+    `settings` (engine knobs): see `Runtime.__init__`."""
     bundle = open_bundle(path)
     module = RUNTIME_MODULES.get(bundle.format)
     if module is None:
         raise EdgeVLMError(f"unknown bundle format {bundle.format!r}; known: {', '.join(sorted(RUNTIME_MODULES))}",
                            bundle.path / MANIFEST)
-    return importlib.import_module(module).RUNTIME(bundle, threads=threads, self_timing=self_timing)
+    return importlib.import_module(module).RUNTIME(bundle, threads=threads, self_timing=self_timing,
+                                                       settings=settings)

@@ -12,6 +12,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,6 +46,18 @@ class Timing:
         return {**asdict(self), "ttft_ms": self.ttft_ms}
 
 
+def chosen_settings(engine: str, declared: dict[str, Setting], given: dict[str, str], bundle: Bundle) -> dict:
+    """The declared knobs' defaults overridden by `given`; an unknown knob or value is the user's one-line error."""
+    for key, value in given.items():
+        if key not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise EdgeVLMError(f"{engine} has no setting {key!r} (its settings: {known})", bundle.path)
+        if value not in declared[key].choices:
+            raise EdgeVLMError(f"{engine} setting {key}={value!r}: choose one of {', '.join(declared[key].choices)}",
+                               bundle.path)
+    return {key: given.get(key, s.default) for key, s in declared.items()}
+
+
 @dataclass
 class Trace:
     """The numbers inside one greedy run, for the golden vectors (tests/goldens/) that every client checks."""
@@ -55,25 +68,43 @@ class Trace:
     tokens: list[int]  # the greedy tokens (EOS does not stop the run)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One engine knob of a runtime (memory mapping, spinning threads, ...). `default` is the choice the
+    measurements of `benchmarks/runtime_settings.py` made on this project's machines (docs/benchmarks.md,
+    "Runtime settings"); the others stay selectable so that those measurements can be re-run anywhere."""
+
+    choices: tuple[str, ...]
+    default: str
+    why: str  # what the knob trades, in a line
+
+
 class Runtime(ABC):
     """Answers questions about an image from a bundle's files, greedily."""
 
     name: str = ""  # the engine, e.g. "onnxruntime"
     # the phases whose engine time the engine's own clock measures (`engine_clock`); () = it keeps none we can read
     self_timed_phases: tuple[str, ...] = ()
+    settings: ClassVar[dict[str, Setting]] = {}  # the engine knobs this runtime takes (`settings=` below)
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False,
+                 settings: dict[str, str] | None = None):
         """`self_timing`: also keep the engine's own clock (its profiler or perf counters, which cost time), read
-        at profile()'s phase bounds, so that `engine_self_ms` can check `Timing.engine_ms` independently."""
+        at profile()'s phase bounds, so that `engine_self_ms` can check `Timing.engine_ms` independently.
+        `settings`: values for some of the class's `settings` knobs; the rest keep their defaults."""
         if self_timing and not self.self_timed_phases:
             raise EdgeVLMError(f"{self.name or type(self).__name__} keeps no clock of its own that edgevlm reads",
                                bundle.path)
+        self.chosen = chosen_settings(self.name or type(self).__name__, self.settings, settings or {}, bundle)
         self.bundle = bundle
         self.threads = threads
         self.engine_s = 0.0  # seconds inside engine calls so far (`in_engine`): what profile() splits out
         self.engine_calls = 0  # engine calls so far (`in_engine`)
         self.self_timing = self_timing
         self.self_marks: list = []  # `engine_clock()` at each phase bound of each profile() call, with self_timing
+
+    def setting(self, key: str) -> str:
+        return self.chosen[key]
 
     @contextlib.contextmanager
     def in_engine(self):

@@ -24,8 +24,9 @@ from edgevlm.runtimes.base import ContractRuntime
 class CoreMLRuntime(ContractRuntime):
     name = "coreml"
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
-        super().__init__(bundle, threads, self_timing)  # Core ML picks its own threads and compute units
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False,
+                 settings: dict[str, str] | None = None):
+        super().__init__(bundle, threads, self_timing, settings)  # Core ML picks its own threads and compute units
         if not CAN_PREDICT:
             raise EdgeVLMError(f"{NO_PREDICTION} (this is {platform.system()}); run the bundle on a Mac or in the "
                                "iOS app", bundle.path)

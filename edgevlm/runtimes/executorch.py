@@ -25,7 +25,7 @@ from edgevlm.bundle.image import ImagePreprocess
 from edgevlm.errors import EdgeVLMError
 from edgevlm.log import native_quiet
 from edgevlm.bundle.manifest import Bundle
-from edgevlm.runtimes.base import ContractRuntime
+from edgevlm.runtimes.base import ContractRuntime, Setting
 
 PTE = "model.pte"
 METHODS = ("vision_encoder", "token_embedding", "text_decoder")
@@ -49,9 +49,12 @@ class ExecuTorchRuntime(ContractRuntime):
     name = "executorch"
     # ETDump, the runtime's own event trace (Program load_program(enable_etdump=True)): `Method::execute` spans
     self_timed_phases = ("image", "prefill", "decode")
+    settings = {"load": Setting(("mmap", "read"), "mmap", "the program mapped from its file (the bindings' "
+                                "MmapDataLoader) or read whole into a Python buffer that lives as long as it")}
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
-        super().__init__(bundle, threads, self_timing)
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False,
+                 settings: dict[str, str] | None = None):
+        super().__init__(bundle, threads, self_timing, settings)
         import executorch.kernels.quantized  # noqa: F401  registers the int8 embedding kernels (docs/dependencies.md)
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  llama::update_cache, custom_sdpa
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
@@ -62,7 +65,8 @@ class ExecuTorchRuntime(ContractRuntime):
             with native_quiet():  # the runtime's cpuinfo probing logs to stderr on every machine
                 if threads:
                     _unsafe_reset_threadpool(threads)
-                self.program = Runtime.get().load_program(path, enable_etdump=self_timing)
+                source = path if self.setting("load") == "mmap" else path.read_bytes()
+                self.program = Runtime.get().load_program(source, enable_etdump=self_timing)
                 self.methods = {name: self.program.load_method(name) for name in METHODS}
         except (RuntimeError, ValueError) as e:
             raise EdgeVLMError(f"ExecuTorch cannot load the program ({_first_line(e)})", path) from None

@@ -23,7 +23,7 @@ import numpy as np
 from edgevlm.bundle.tokenizer import split_at_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.bundle.manifest import Bundle
-from edgevlm.runtimes.base import Runtime, Timing, Trace
+from edgevlm.runtimes.base import Runtime, Setting, Timing, Trace
 from edgevlm.config import MAX_NEW_TOKENS
 from edgevlm.engines.llamacpp import llama_log
 
@@ -32,9 +32,12 @@ class LlamaCppRuntime(Runtime):
     # llama.cpp's perf counters time the context's decodes; mtmd keeps no clock on the image encoder's path
     # (`mtmd_encode_chunk`; only mtmd-helper's eval logs whole milliseconds), so the image phase has none
     self_timed_phases = ("prefill", "decode")
+    settings = {"load": Setting(("mmap", "read"), "mmap", "the text model's weights mapped from the page cache "
+                                "(shared with other processes, evictable) or read into memory of the process's own")}
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
-        super().__init__(bundle, threads, self_timing)
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False,
+                 settings: dict[str, str] | None = None):
+        super().__init__(bundle, threads, self_timing, settings)
         try:
             import llama_cpp
             from llama_cpp import mtmd_cpp
@@ -52,6 +55,8 @@ class LlamaCppRuntime(Runtime):
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        # a ctypes struct takes any attribute name silently: llama.cpp's field is `load_mode`, not `use_mmap`
+        mparams.load_mode = ll.LLAMA_LOAD_MODE_MMAP if self.setting("load") == "mmap" else ll.LLAMA_LOAD_MODE_NONE
         with llama_log() as log:
             self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from edgevlm.bundle.manifest import MANIFEST, Bundle
 from edgevlm.errors import EdgeVLMError
 from edgevlm.log import native_quiet
-from edgevlm.runtimes.base import ContractRuntime
+from edgevlm.runtimes.base import ContractRuntime, Setting
 
 PROVIDERS = ["CPUExecutionProvider"]
 # onnxruntime's type names → the numpy names the manifest records (edgevlm/export/onnx.py `graph_io`)
@@ -127,9 +127,17 @@ class OnnxRuntime(ContractRuntime):
     name = "onnxruntime"
     # session profiling (SessionOptions.enable_profiling): onnxruntime's own `model_run` time of every run
     self_timed_phases = ("image", "prefill", "decode")
+    settings = {
+        "spinning": Setting(("on", "off"), "on", "the intra-op threads spin between ops (lower latency) or sleep "
+                            "(no CPU burnt while Python works between runs)"),
+        "prepacking": Setting(("on", "off"), "on", "weights repacked into the kernels' layout at load (faster "
+                              "kernels) or used as stored (no second copy in memory)"),
+        "arena": Setting(("on", "off"), "on", "activations from onnxruntime's growing CPU arena or from malloc"),
+    }
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False):
-        super().__init__(bundle, threads, self_timing)
+    def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False,
+                 settings: dict[str, str] | None = None):
+        super().__init__(bundle, threads, self_timing, settings)
         fields = bundle.runtime_fields
         for key in ("graphs", "opset", "kv_cache"):
             if key not in fields:
@@ -143,6 +151,11 @@ class OnnxRuntime(ContractRuntime):
             options.log_severity_level = 3
             if threads:
                 options.intra_op_num_threads = threads
+            options.add_session_config_entry("session.intra_op.allow_spinning",
+                                             "1" if self.setting("spinning") == "on" else "0")
+            options.add_session_config_entry("session.disable_prepacking",
+                                             "0" if self.setting("prepacking") == "on" else "1")
+            options.enable_cpu_mem_arena = self.setting("arena") == "on"
             if self_timing:
                 options.enable_profiling = True
                 options.profile_file_prefix = str(Path(self.profile_dir) / name)
