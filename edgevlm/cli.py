@@ -297,6 +297,20 @@ def _add_run(p):
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
+    _add_setting(p)
+
+
+def _add_setting(p):
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                   help="an engine knob of the bundle's runtime (repeatable), e.g. load=read for GGUF and "
+                        "ExecuTorch, spinning=off for ONNX (docs/benchmarks.md, Runtime settings)")
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
 
 
 @command("run", "answer a prompt about an image with an exported bundle, in its own runtime", _add_run)
@@ -305,7 +319,8 @@ def _run_run(a):
     from edgevlm.runtimes import load_runtime
 
     image = load_image(a.image)
-    print(load_runtime(a.bundle, threads=a.threads).answer(image, a.prompt, max_new_tokens=a.max_new_tokens))
+    runtime = load_runtime(a.bundle, threads=a.threads, settings=dict(a.setting))
+    print(runtime.answer(image, a.prompt, max_new_tokens=a.max_new_tokens))
 
 
 
@@ -330,6 +345,7 @@ def _add_bench(p):
     p.add_argument("--device", default=None, metavar="TARGET",
                    help="measure with the native runner on: local | qemu-aarch64 | adb[:SERIAL] "
                         "(docs/device-bench.md); default: the Python runtimes on this host")
+    _add_setting(p)
 
 
 @command("bench", "time to first token, prefill / decode tokens/s, memory, size and accuracy of bundles", _add_bench)
@@ -343,7 +359,8 @@ def _run_bench(a):
         check_file_out(out)
     cfg = BenchConfig(a.image, a.prompt, a.new_tokens, a.runs, 1, a.threads, a.eval, a.eval_limit, a.self_timing,
                       a.rounds)
-    report = bench(a.bundles, cfg, device=open_device(a.device) if a.device else None)
+    report = bench(a.bundles, cfg, device=open_device(a.device) if a.device else None,
+                   settings=[dict(a.setting)] * len(a.bundles))
     table = markdown(report)
     print(table)
     if a.json:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_errors import fails
 from edgevlm.bench.runner import BenchConfig, bench
+from edgevlm.cli import main
 from edgevlm.bundle.image import load_image
 from edgevlm.errors import EdgeVLMError
 from edgevlm.runtimes import load_runtime
@@ -81,3 +83,13 @@ def test_bench_measures_one_bundle_under_several_settings():
     assert second["settings"] == {"spinning": "on", "prepacking": "off", "arena": "off"}
     with pytest.raises(ValueError, match="1 settings for 2 bundles"):
         bench([bundle, bundle], BenchConfig(), progress=False, settings=[{}])
+
+
+def test_cli_run_takes_settings(capsys):
+    argv = ["run", "--bundle", str(GOLDEN_BUNDLES / "gguf-q4_0"), "--image", str(IMAGE),
+            "--prompt", "What is in the top left?", "--max-new-tokens", "6", "--threads", "1"]
+    assert main(argv) == 0
+    default = capsys.readouterr().out
+    assert main(argv + ["--setting", "load=read"]) == 0
+    assert capsys.readouterr().out == default
+    fails(argv + ["--setting", "spinning=off"], capsys, "llama.cpp has no setting 'spinning'")
