@@ -32,8 +32,11 @@ class LlamaCppRuntime(Runtime):
     # llama.cpp's perf counters time the context's decodes; mtmd keeps no clock on the image encoder's path
     # (`mtmd_encode_chunk`; only mtmd-helper's eval logs whole milliseconds), so the image phase has none
     self_timed_phases = ("prefill", "decode")
-    settings = {"load": Setting(("mmap", "read"), "mmap", "the text model's weights mapped from the page cache "
-                                "(shared with other processes, evictable) or read into memory of the process's own")}
+    # "read": llama.cpp repacks the quantized weights into its CPU kernels' layout (CPU_REPACK) at load anyway, so
+    # mapping the file only left the originals resident beside the copies (+0.54 GiB peak RSS, same speed, at
+    # real size: docs/benchmarks.md, Runtime settings)
+    settings = {"load": Setting(("read", "mmap"), "read", "the text model's weights read into memory of the "
+                                "process's own, or mapped from the page cache (shared with other processes, evictable)")}
 
     def __init__(self, bundle: Bundle, threads: int | None = None, self_timing: bool = False,
                  settings: dict[str, str] | None = None):
