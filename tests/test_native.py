@@ -227,8 +227,9 @@ def test_bench_device_local_keeps_the_report():
     bundles = [GOLDENS / "bundles" / b for b in GGUF]
     report = bench(bundles, _config(), progress=False, device=open_device("local"))
     host = bench(bundles[:1], _config(), progress=False)  # the Python worker, for its keys
-    # the runner's JSON has no equivalent of llama.cpp's system info (the Python worker's `engine_build`)
-    assert set(host["results"][0]) - {"split", "engine_build"} <= set(report["results"][0])
+    # the runner's JSON has no equivalent of llama.cpp's system info (the Python worker's `engine_build`), nor of
+    # the Python runtimes' engine knobs (`settings`)
+    assert set(host["results"][0]) - {"split", "engine_build", "settings"} <= set(report["results"][0])
     for b, r in zip(GGUF, report["results"]):
         assert r["generated_ids"] == golden(b, IMAGES[0])["greedy_ids"]
         assert r["runtime"] == "llama.cpp (native)" and r["decode_tok_s"]["median"] > 0 and r["roofline_tok_s"] > 0

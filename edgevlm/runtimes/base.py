@@ -46,18 +46,6 @@ class Timing:
         return {**asdict(self), "ttft_ms": self.ttft_ms}
 
 
-def chosen_settings(engine: str, declared: dict[str, Setting], given: dict[str, str], bundle: Bundle) -> dict:
-    """The declared knobs' defaults overridden by `given`; an unknown knob or value is the user's one-line error."""
-    for key, value in given.items():
-        if key not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise EdgeVLMError(f"{engine} has no setting {key!r} (its settings: {known})", bundle.path)
-        if value not in declared[key].choices:
-            raise EdgeVLMError(f"{engine} setting {key}={value!r}: choose one of {', '.join(declared[key].choices)}",
-                               bundle.path)
-    return {key: given.get(key, s.default) for key, s in declared.items()}
-
-
 @dataclass
 class Trace:
     """The numbers inside one greedy run, for the golden vectors (tests/goldens/) that every client checks."""
@@ -77,6 +65,18 @@ class Setting:
     choices: tuple[str, ...]
     default: str
     why: str  # what the knob trades, in a line
+
+
+def chosen_settings(engine: str, declared: dict[str, Setting], given: dict[str, str], bundle: Bundle) -> dict:
+    """The declared knobs' defaults overridden by `given`; an unknown knob or value is the user's one-line error."""
+    for key, value in given.items():
+        if key not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise EdgeVLMError(f"{engine} has no setting {key!r} (its settings: {known})", bundle.path)
+        if value not in declared[key].choices:
+            raise EdgeVLMError(f"{engine} setting {key}={value!r}: choose one of {', '.join(declared[key].choices)}",
+                               bundle.path)
+    return {key: given.get(key, s.default) for key, s in declared.items()}
 
 
 class Runtime(ABC):
