@@ -14,22 +14,17 @@ Peak RSS is each worker process's own. The defaults in `edgevlm/runtimes/` are w
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
 from edgevlm.bench.runner import BenchConfig, bench
 from edgevlm.bundle.manifest import open_bundle
-from edgevlm.runtimes import RUNTIME_MODULES
-
-
-def declared(bundle: Path) -> dict:
-    return importlib.import_module(RUNTIME_MODULES[open_bundle(bundle).format]).RUNTIME.settings
+from edgevlm.runtimes import runtime_class
 
 
 def variants(bundle: Path) -> list[dict[str, str]]:
     """The defaults ({}), then each knob at each of its other values, one knob at a time."""
-    knobs = declared(bundle)
+    knobs = runtime_class(open_bundle(bundle)).settings
     return [{}] + [{key: v} for key, s in knobs.items() for v in s.choices if v != s.default]
 
 

@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 
 from edgevlm.errors import EdgeVLMError
-from edgevlm.bundle.manifest import MANIFEST, open_bundle
+from edgevlm.bundle.manifest import MANIFEST, Bundle, open_bundle
 from edgevlm.runtimes.base import Runtime
 
 # format (manifest "format") → module defining `RUNTIME`, a Runtime subclass
@@ -22,14 +22,18 @@ RUNTIME_MODULES = {
 }
 
 
+def runtime_class(bundle: Bundle) -> type[Runtime]:
+    """The Runtime subclass for the bundle's format (its module imported only now)."""
+    module = RUNTIME_MODULES.get(bundle.format)
+    if module is None:
+        raise EdgeVLMError(f"unknown bundle format {bundle.format!r}; known: {', '.join(sorted(RUNTIME_MODULES))}",
+                           bundle.path / MANIFEST)
+    return importlib.import_module(module).RUNTIME
+
+
 def load_runtime(path: str | Path, threads: int | None = None, self_timing: bool = False,
                  settings: dict[str, str] | None = None) -> Runtime:
     """Open the bundle at `path` (checking its files) in the runtime its manifest names; `self_timing` and
     `settings` (engine knobs): see `Runtime.__init__`."""
     bundle = open_bundle(path)
-    module = RUNTIME_MODULES.get(bundle.format)
-    if module is None:
-        raise EdgeVLMError(f"unknown bundle format {bundle.format!r}; known: {', '.join(sorted(RUNTIME_MODULES))}",
-                           bundle.path / MANIFEST)
-    return importlib.import_module(module).RUNTIME(bundle, threads=threads, self_timing=self_timing,
-                                                       settings=settings)
+    return runtime_class(bundle)(bundle, threads=threads, self_timing=self_timing, settings=settings)
