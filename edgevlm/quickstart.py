@@ -77,6 +77,8 @@ def quickstart(out: str | Path, recipe: Recipe | None = None, progress: bool = T
         "accuracy": result.accuracy,
         "eval": result.to_dict(),
         "timings_s": timings,
+        "recipe": {"train_images": recipe.train_images, "eval_images": recipe.eval_images, "seed": recipe.seed,
+                   "stages": {name: cfg.to_dict() for name, cfg in recipe.stages.items()}},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
     }
     summary["bundles"] = export_bundles(model, recipe, out / "bundles", eval_dir, timings, progress)
