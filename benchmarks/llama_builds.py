@@ -27,12 +27,12 @@ METRICS = ("image_ms", "prefill_ms", "ttft_ms", "decode_tok_s")
 
 def measure(bundle: Path, build: str, cfg: BenchConfig) -> dict:
     """One bench of one bundle with `build` first on the worker's PYTHONPATH ('' = the venv's llama_cpp)."""
-    old = os.environ.get("PYTHONPATH")
+    old = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (build, old) if p)
     try:
         report = bench([bundle], cfg, progress=False)
     finally:
-        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+        os.environ["PYTHONPATH"] = old
     r = report["results"][0]
     return {**{m: r[m]["median"] for m in METRICS}, "roofline_pct": r["roofline_pct"],
             "peak_rss_bytes": r["peak_rss_bytes"], "engine_build": r["engine_build"]}
