@@ -93,6 +93,9 @@ def _add_data(p):
     s.add_argument("--images", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", choices=["train", "eval"], default="train")
+    s.add_argument("--dense", action="store_true",
+                   help="training data: add every count and a yes + near-miss no exists question per image "
+                        "(docs/data-spec.md)")
 
 
 @command("data", "generate data sets", _add_data)
@@ -100,8 +103,10 @@ def _run_data(a):
     from edgevlm.data.llava import read_llava
     from edgevlm.data.shapes import write_shapes
 
+    if a.dense and a.split != "train":
+        raise EdgeVLMError("--dense adds training questions; evaluation data keeps the spec's proportions", a.out)
     _check_out(a, "data")
-    write_shapes(a.out, a.images, a.seed, a.split, progress=True)
+    write_shapes(a.out, a.images, a.seed, a.split, progress=True, dense=a.dense)
     print(f"wrote {a.images} images, {len(read_llava(a.out))} questions ({a.split}) to {a.out}")
 
 

@@ -87,6 +87,19 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert r.stderr.strip().splitlines() == [f"edgevlm eval: error: {tmp_path / 'none'}: model directory not found"]
 
 
+def test_data_shapes_dense(tmp_path, capsys):
+    """`--dense` writes a training set with more questions on the same images, and refuses an eval split."""
+    base = ["data", "shapes", "--images", "4", "--seed", "2"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--out", str(tmp_path / "dense"), "--dense"]) == 0
+    plain, dense = (json.loads((tmp_path / d / "data.json").read_text()) for d in ("plain", "dense"))
+    assert len(dense) > len(plain) and all(r in dense for r in plain)
+    assert json.loads((tmp_path / "dense" / "scenes.json").read_text())["dense"] is True
+    capsys.readouterr()
+    _fails([*base, "--out", str(tmp_path / "e"), "--split", "eval", "--dense"], capsys, "evaluation data")
+    assert not (tmp_path / "e").exists()
+
+
 def test_data_shapes_and_generate(tmp_path, tiny_model_dir, capsys):
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--images", "3", "--seed", "1", "--split",
                  "eval"]) == 0

@@ -92,6 +92,28 @@ def test_written_llava_format(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # nothing half-written left behind
 
 
+def test_dense_adds_true_count_and_exists_questions_only():
+    """`dense` keeps every image and plain question byte for byte, and each extra is true of its scene."""
+    plain = list(generate(60, seed=3, split="train"))
+    dense = list(generate(60, seed=3, split="train", dense=True))
+    extras = 0
+    for (i, px, scene, qas), (j, dpx, _, dqas) in zip(plain, dense):
+        assert (i, px.tobytes(), qas) == (j, dpx.tobytes(), dqas[:len(qas)])
+        more = dqas[len(qas):]
+        assert {k for k, _, _ in more} <= {"count", "exists"}
+        assert len({q for _, q, _ in dqas}) == len(dqas)  # nothing asked twice
+        present = {(o.color, o.name) for o in scene if o and o.kind == "shape"}
+        asked = {q for k, q, _ in dqas if k == "exists"}
+        assert all(f"Is there a {c} {s}?" in asked for c, s in present)
+        assert sum(k == "count" for k, _, _ in dqas) == len(shapes.SHAPES)
+        for _, q, a in more:
+            assert a == _answers_from_scene(scene, q), (q, a)
+        extras += len(more)
+    assert extras > 3 * len(plain)
+    with pytest.raises(ValueError, match="training data"):
+        next(generate(1, 0, "eval", dense=True))
+
+
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split"):
         next(generate(1, 0, "test"))
