@@ -266,3 +266,34 @@ def test_onnx_vision_split_cuts_the_graph_at_the_towers_weights(tmp_path):
     projector = {n.name for n in graph.node if any(i.startswith("projector.") for i in n.input)}
     assert reading and reading <= tower and projector and not projector & tower
 
+
+
+def test_et_vision_split_methods_are_the_encoder_and_its_tower(tmp_path):
+    """benchmarks/et_vision_split.py: its `vision_encoder` is the bundle's encoder (8da8w, XNNPACK) and its `tower`
+    the same program without the projector: each matches PyTorch on the same image within 8-bit rounding."""
+    import sys
+
+    import torch
+    from executorch.runtime import Runtime
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from et_vision_split import split_program, time_methods
+
+    from edgevlm.models.factory import create
+
+    model = create("mobilevlm-v2-tiny", seed=0)
+    (tmp_path / "split.pte").write_bytes(split_program(model, "int4"))
+    rgb = load_image(GOLDEN_BUNDLES.parent / "images" / "exact-336x336.png")
+    image = torch.from_numpy(model.preprocess.resized(rgb)).permute(2, 0, 1)[None].contiguous()
+    program = Runtime.get().load_program(tmp_path / "split.pte")
+    got = {name: program.load_method(name).execute([image])[0] for name in ("vision_encoder", "tower")}
+    with torch.no_grad():
+        tower = model.vision(model.pixel_values(rgb))
+        want = {"tower": tower, "vision_encoder": model.projector(tower)}
+    for name, w in want.items():
+        assert got[name].shape == w.shape, name
+        cos = torch.nn.functional.cosine_similarity(got[name].flatten(), w.flatten(), dim=0)
+        assert cos > 0.99, (name, float(cos))
+    assert got["tower"].shape != got["vision_encoder"].shape  # 576 patches, 144 image tokens
+    times = time_methods(tmp_path / "split.pte", image, threads=1, runs=2)
+    assert all(len(t) == 2 and min(t) > 0 for t in times.values())

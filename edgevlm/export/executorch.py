@@ -92,6 +92,10 @@ def contract(model, max_context: int) -> dict[str, nn.Module]:
     untouched and no float32 copy of the weights is made (a clone of every tensor was the export's peak)."""
     modules = nn.ModuleDict({"vision": model.vision, "projector": model.projector, "llm": model.llm})
     parts = copy.deepcopy(modules, {id(t): t for t in [*modules.parameters(), *modules.buffers()]})
+    # the tower's attention as matmul + softmax, which XNNPACK runs: traced from sdpa it decomposes into a
+    # "safe softmax" (eq / any / where over every head's N x N scores) that runs in portable kernels, half
+    # of a real-size image encode (ViT-L/336, 2 threads: 1.91 s with sdpa, 0.97 s eager; docs/benchmarks.md)
+    parts["vision"].tower.set_attn_implementation("eager")
     table = parts["llm"].get_input_embeddings()
     table.padding_idx = None  # a padding index blocks the quantized embedding kernel (docs/dependencies.md)
     return contract_modules(parts["vision"], parts["projector"], parts["llm"],
