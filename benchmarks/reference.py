@@ -69,9 +69,10 @@ def assemble(ours: Path, text_model: Path, quant: str, out: Path) -> None:
         fallbacks = quantize_text_model(text_model, tmp / name, FT[FTYPES[quant]])
         manifest["runtime"]["tensor_types"][name] = file_tensor_types(tmp / name)
         manifest["runtime"]["fallbacks"] = fallbacks
-        manifest["runtime"]["converted_by"] = (
+        # the manifest schema has no field for this (runtime keys are closed): a note file, hashed like the rest
+        (tmp / "CONVERTED_BY.txt").write_text(
             "llama.cpp convert_hf_to_gguf.py --outtype f32 + llama_model_quantize "
-            f"({FTYPES[quant]}; gguf-py {gguf.__version__ if hasattr(gguf, '__version__') else 'vendored'})")
+            f"({FTYPES[quant]}; gguf-py {getattr(gguf, '__version__', 'vendored')})\n")
         manifest["files"] = file_entries(tmp)
         manifest.pop("verification", None)
         write_manifest(tmp, manifest)

@@ -27,6 +27,12 @@ def write_doc(w, a, docs: Path) -> Path:
         plot_sweep(sweep, docs / "benchmarks-sweep.png")
         parts.append(sweep_section(sweep))
     parts.append(split_section(main, vision))
+    onnx_split = w.results / "onnx_vision_split.json"
+    if onnx_split.exists():
+        parts.append(onnx_split_section(json.loads(onnx_split.read_text())))
+    et_split = w.results / "et_vision_split.json"
+    if et_split.exists():
+        parts.append(et_split_section(json.loads(et_split.read_text())))
     notes = HERE / "notes.md"
     if notes.exists():
         parts.append(notes.read_text().strip())
@@ -133,6 +139,15 @@ def results_section(main: dict, absent: list[str]) -> str:
     r0 = rows[0]
     lines += ["", f"Prompt: {r0['prefill_tokens']} positions (image tokens included); {r0['decode_tokens'] + 1} "
               "tokens generated per run."]
+    if all(r.get("ratios") for r in rows):  # `edgevlm bench --rounds`: ratios within each round survive noise
+        first = Path(r0["bundle"]).name
+        lines += ["", f"Within-round ratios (each round measures every bundle once; median [min–max] over the "
+                  f"{r0['ratios']['decode_vs_first']['rounds']} rounds), the goals' measure:", "",
+                  f"| bundle | decode ÷ {first} | TTFT ÷ {first} | TTFT ÷ the round's best |", "|---|---:|---:|---:|",
+                  *[f"| {Path(r['bundle']).name} | " + " | ".join(
+                      f"{x['median']:.2f} [{x['min']:.2f}–{x['max']:.2f}]" for x in
+                      (r["ratios"]["decode_vs_first"], r["ratios"]["ttft_vs_first"], r["ratios"]["ttft_vs_best"]))
+                    + " |" for r in rows]]
     if absent:
         lines += ["", f"**Not measured in this run**: {', '.join(absent)}. " + NOT_MEASURED]
     lines += ["", "![TTFT split and decode vs roofline](benchmarks-main.png)"]
@@ -188,6 +203,36 @@ def split_section(main: dict, vision: dict | None) -> str:
             lines.append(f"| {name} | {v['tower']} | {v['image_tokens']} | {v['tower_ms']:.0f} "
                          f"| {v['projector_ms']:.1f} | {share:.1f}% |")
     return "\n".join(lines)
+
+
+def onnx_split_section(r: dict) -> str:
+    """benchmarks/onnx_vision_split.py's JSON: the tower / projector split in onnxruntime's own kernel times."""
+    total = sum(sum(p["ms_per_image"].values()) for p in r["parts"].values())
+    lines = [f"The same split in onnxruntime, on the {Path(r['bundle']).name} bundle (`onnx_vision_split.py`: "
+             f"onnxruntime's own kernel times over {r['runs']} image encodes after one warm-up, {r['threads']} "
+             "threads, the graph it optimized cut at the tower's named weights; the profiler adds its per-kernel "
+             "overhead, so the proportion is the point, not the total):", "",
+             "| part | nodes | ms per image | share | top operators (ms) |", "|---|---:|---:|---:|---|"]
+    for name, part in r["parts"].items():
+        ops, ms = part["ms_per_image"], sum(part["ms_per_image"].values())
+        top = ", ".join(f"{op} {t:.0f}" for op, t in sorted(ops.items(), key=lambda kv: -kv[1])[:4])
+        lines.append(f"| {name} | {part['nodes']} | {ms:.1f} | {ms / total:.1%} | {top} |")
+    return "\n".join(lines)
+
+
+def et_split_section(r: dict) -> str:
+    """benchmarks/et_vision_split.py's JSON: the encoder and its tower as two methods of one ExecuTorch program."""
+    enc, tower = r["median_encoder_ms"], r["median_tower_ms"]
+    return "\n".join([
+        f"And in ExecuTorch (`et_vision_split.py`: one program holding the bundle's `vision_encoder` and the same "
+        f"method without the projector, {r['mechanism']} as the {r['quant']} scheme quantizes the tower, XNNPACK, "
+        f"{r['threads']} threads, median of {r['runs']} alternating runs after a warm-up each):", "",
+        "| method | ms per image |", "|---|---:|",
+        f"| tower (preprocessing included) | {tower:.0f} |",
+        f"| vision_encoder (tower + projector) | {enc:.0f} |", "",
+        f"Run to run the encoder − tower difference moved between {min(r['paired_diff_ms']):.0f} and "
+        f"{max(r['paired_diff_ms']):.0f} ms: the projector's few tens of ms are within that noise; the tower is "
+        "the image encode here too."])
 
 
 def et_ops_section(r: dict) -> str:

@@ -11,7 +11,8 @@ Steps (each skips what it already made under --work, so an interrupted run conti
              quantized by llama.cpp's quantizer (Q4_K_M, Q8_0), run with our mmproj: the speed to match
   sweep      the projector sweep, GGUF q4_k: mlp2x_gelu (576 image tokens), ldpv2 (144, the main model),
              pixel_shuffle r=3 (64; llama.cpp runs it as idefics3, after a SigLIP tower of CLIP-L's size)
-  bench      `edgevlm bench` on the main bundles + reference, then on the sweep (JSON under --work/results)
+  bench      `edgevlm bench` on the main bundles + reference, then on the sweep (JSON under --work/results);
+             the image encode's tower / projector split in PyTorch, onnxruntime and ExecuTorch
   native     the native runner beside the Python runtimes on gguf-q4_k and executorch-int4, interleaved
              (benchmarks/native_vs_python.py)
   report     docs/benchmarks.md and its PNGs from those JSON files
@@ -146,6 +147,8 @@ def sweep_export(preset: str, name: str, out: Path, threads: int) -> None:
     if cfg.projector.kind == "pixel_shuffle":  # replace() re-runs __post_init__: SigLIP keeps every patch
         cfg.vision = dataclasses.replace(cfg.vision, kind=VisionKind.SIGLIP, hidden_act="gelu_pytorch_tanh",
                                          drop_first_token=None)
+    # mlp2x_gelu keeps all 576 patches: a tiny dry run's 512-position context must grow (real size: 2048)
+    cfg.llm = dataclasses.replace(cfg.llm, max_position_embeddings=max(cfg.llm.max_position_embeddings, 1024))
     model = create_from_config(cfg, seed=0)
     r = export(model, ExportConfig("gguf", "q4_k", threads=threads, verify="smoke"), out, progress=False)
     print(f"wrote {r.path} ({r.bytes / 1e6:.0f} MB), {model.num_image_tokens} image tokens", flush=True)
@@ -179,6 +182,13 @@ def step_bench(w: Work, a) -> None:
     if not (w.results / "vision_split.json").exists():  # PyTorch's proportions: delete the file to re-measure
         w.run("vision split", [PY, ROOT / "benchmarks" / "vision_split.py", "--out", w.results / "vision_split.json",
                                "--threads", a.threads, "--preset", a.preset])
+    onnx = w.bundles / "onnx-int4"
+    if done(onnx) and not (w.results / "onnx_vision_split.json").exists():  # the same split in onnxruntime
+        w.run("onnx vision split", [PY, ROOT / "benchmarks" / "onnx_vision_split.py", onnx, "--threads", a.threads,
+                                    "--json", w.results / "onnx_vision_split.json"])
+    if w.model.is_dir() and not (w.results / "et_vision_split.json").exists():  # ... and in ExecuTorch
+        w.run("executorch vision split", [PY, ROOT / "benchmarks" / "et_vision_split.py", "--model", w.model,
+                                          "--threads", a.threads, "--json", w.results / "et_vision_split.json"])
     with open(w.results / "uptime-after.txt", "w") as f:
         f.write(subprocess.run(["uptime"], capture_output=True, text=True).stdout)
 
