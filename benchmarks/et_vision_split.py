@@ -15,7 +15,6 @@ Random pixels: the cost does not depend on the values.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgevlm.export.contract import VisionEncoder  # noqa: E402
-from edgevlm.export.executorch import MECHANISMS, lower  # noqa: E402
+from edgevlm.export.executorch import MECHANISMS, contract, lower  # noqa: E402
 from edgevlm.io import atomic_file  # noqa: E402
 from edgevlm.models.checkpoint import ReleaseEvery  # noqa: E402
 from edgevlm.models.vlm import EdgeVLM  # noqa: E402
@@ -38,11 +37,10 @@ from edgevlm.quant.schemes import scheme  # noqa: E402
 
 
 def split_program(model: EdgeVLM, quant: str) -> bytes:
-    """A .pte with `vision_encoder` and `tower` over one quantized copy of the tower (sharing the model's float
-    tensors until quantized), lowered as the exporter lowers a bundle's program."""
-    parts = nn.ModuleDict({"vision": model.vision, "projector": model.projector})
-    parts = copy.deepcopy(parts, {id(t): t for t in [*parts.parameters(), *parts.buffers()]})
-    encoder = VisionEncoder(parts["vision"], parts["projector"], model.preprocess).eval()
+    """A .pte with `vision_encoder` and `tower` over one quantized copy of the tower: the exporter's own
+    `vision_encoder` (executorch.contract: a copy sharing the model's tensors, the tower traced as the exporter
+    traces it) quantized by the scheme's mechanism, lowered as the exporter lowers a bundle's program."""
+    encoder = contract(model, model.cfg.llm.max_position_embeddings)["vision_encoder"]
     mechanism = scheme("executorch", quant).mechanisms().get("vision_encoder")
     if mechanism:  # fp32 has none
         MECHANISMS[mechanism](encoder, ReleaseEvery(lambda: None))

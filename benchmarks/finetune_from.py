@@ -32,14 +32,13 @@ def main() -> int:
     p.add_argument("--train", type=Path, required=True)
     p.add_argument("--eval", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    base = Recipe().stages["finetune"]
-    p.add_argument("--epochs", type=float, default=base.epochs)
-    p.add_argument("--lr", type=float, default=base.lr)
-    p.add_argument("--batch", type=int, default=base.batch_size)
+    cfg = Recipe().stages["finetune"]  # the defaults, then this run's flags
+    p.add_argument("--epochs", type=float, default=cfg.epochs)
+    p.add_argument("--lr", type=float, default=cfg.lr)
+    p.add_argument("--batch", type=int, default=cfg.batch_size)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = Recipe().stages["finetune"]
     cfg.epochs, cfg.lr, cfg.batch_size = a.epochs, a.lr, a.batch
     r = train(a.init, a.train, a.out, cfg, progress=False)
     ev = evaluate(EdgeVLM.from_pretrained(a.out), a.eval, progress=False)

@@ -143,11 +143,10 @@ def results_section(main: dict, absent: list[str]) -> str:
         first = Path(r0["bundle"]).name
         lines += ["", f"Within-round ratios (each round measures every bundle once; median [min–max] over the "
                   f"{r0['ratios']['decode_vs_first']['rounds']} rounds), the goals' measure:", "",
-                  f"| bundle | decode ÷ {first} | TTFT ÷ {first} | TTFT ÷ the round's best |", "|---|---:|---:|---:|",
-                  *[f"| {Path(r['bundle']).name} | " + " | ".join(
-                      f"{x['median']:.2f} [{x['min']:.2f}–{x['max']:.2f}]" for x in
-                      (r["ratios"]["decode_vs_first"], r["ratios"]["ttft_vs_first"], r["ratios"]["ttft_vs_best"]))
-                    + " |" for r in rows]]
+                  f"| bundle | decode ÷ {first} | TTFT ÷ {first} | TTFT ÷ the round's best |", "|---|---:|---:|---:|"]
+        for r in rows:
+            cells = [_range(r["ratios"][k]) for k in ("decode_vs_first", "ttft_vs_first", "ttft_vs_best")]
+            lines.append(f"| {Path(r['bundle']).name} | {' | '.join(cells)} |")
     if absent:
         lines += ["", f"**Not measured in this run**: {', '.join(absent)}. " + NOT_MEASURED]
     lines += ["", "![TTFT split and decode vs roofline](benchmarks-main.png)"]
@@ -272,6 +271,11 @@ def _read(path: Path) -> str:
 
 def _s(stat: dict) -> str:
     return f"{stat['median'] / 1e3:.2f} ±{(stat['max'] - stat['min']) / 2e3:.2f}"
+
+
+def _range(stat: dict) -> str:
+    """`median [min–max]` of a ratio over rounds."""
+    return f"{stat['median']:.2f} [{stat['min']:.2f}–{stat['max']:.2f}]"
 
 
 def _pm(stat: dict, digits: int) -> str:
