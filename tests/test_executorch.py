@@ -4,6 +4,7 @@ accuracy, the same answers from ExecuTorch's own MultimodalRunner, and one-line 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 import subprocess
 import sys
 
@@ -165,6 +166,40 @@ def test_custom_ops_decoder_equals_the_llm(kv_heads):
     ref = llm(inputs_embeds=x).logits[0]  # (9, V)
     steps = [decoder(x[:, :7], torch.tensor([0]))] + [decoder(x[:, p : p + 1], torch.tensor([p])) for p in (7, 8)]
     torch.testing.assert_close(torch.cat(steps), ref[6:], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_matmul_mean_layer_norm_is_layer_norm():
+    from edgevlm.export.executorch import MatmulMeanLayerNorm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(96, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = 3 * torch.randn(2, 17, 96) + 1
+    torch.testing.assert_close(MatmulMeanLayerNorm(norm)(x), norm(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["mobilevlm-v2-tiny", "tinyllava-tiny"])  # a CLIP and a SigLIP tower
+@torch.no_grad()
+def test_vision_encoder_lowers_to_one_xnnpack_delegate(preset):
+    """Layer norms as matmuls and no-op expands removed, nothing between the tower's layers runs in ExecuTorch's
+    single-threaded portable kernels: before, every layer norm and batched matmul cut the tower into another
+    XNNPACK partition (docs/benchmarks.md, ExecuTorch: the tower's layer norms)."""
+    from edgevlm.export import executorch as et
+    from edgevlm.models.factory import create
+
+    model = create(preset)
+    encoder = et.contract(model, 64)["vision_encoder"]
+    size = model.cfg.vision.image_size
+    image = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = torch.from_numpy(model.preprocess.normalize(image[0].permute(1, 2, 0).numpy()))[None]
+    torch.testing.assert_close(encoder(image), model.encode_image(pixels), atol=1e-5, rtol=1e-5)
+    edge = et.to_edge({"vision_encoder": torch.export.export(encoder, (image,), strict=False)})
+    ops = Counter(str(n.target) for n in edge.exported_program("vision_encoder").graph.nodes
+                  if n.op == "call_function")
+    assert ops["executorch_call_delegate"] == 1, ops
+    assert not [op for op in ops if "layer_norm" in op], ops
 
 
 def test_cli_run_prints_the_answer_and_nothing_else(bundle, parity_eval):

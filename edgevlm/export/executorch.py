@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from executorch.backends.xnnpack._passes.remove_noop_expand_copy_pass import RemoveNoopExpandCopyPass
 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 from torch import nn
@@ -86,6 +88,38 @@ class TextDecoder(nn.Module):
         return self.core.run(embeds, start + torch.arange(T), attend, last_only=True)[:, -1]  # (1, V)
 
 
+class MatmulMeanLayerNorm(nn.Module):
+    """`nn.LayerNorm` over the last dimension with its two means written as matmuls with a 1/D column.
+
+    ExecuTorch's XNNPACK partitioner takes no layer norm, and a mean only over dims (2, 3) of a 4-D tensor, so
+    each `native_layer_norm` of a ViT ran in a single-threaded portable kernel and cut the tower into one XNNPACK
+    partition per norm (47 in ViT-L's 23 used layers). As matmuls (fp32: the quantizers pick `nn.Linear`s only)
+    the whole tower is one XNNPACK delegate (real-size image encode 0.92x on an AVX2 EPYC); same arithmetic up
+    to the order of the sums (docs/benchmarks.md).
+    """
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        width = norm.normalized_shape[-1]
+        self.register_buffer("mean_column", torch.full((1, width), 1.0 / width), persistent=False)
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x - F.linear(x, self.mean_column)
+        y = centered * torch.rsqrt(F.linear(centered * centered, self.mean_column) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+def _layer_norms_as_matmuls(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child) is nn.LayerNorm and len(child.normalized_shape) == 1:  # not LDP's channel LayerNorm2d
+            setattr(module, name, MatmulMeanLayerNorm(child))
+        else:
+            _layer_norms_as_matmuls(child)
+
+
 def contract(model, max_context: int) -> dict[str, nn.Module]:
     """The three methods over a copy of `model`'s modules that shares its tensors: quantizing replaces the copy's
     weights (torchao's `quantize_` assigns new parameters and never writes into the old ones), so `model` stays
@@ -96,6 +130,8 @@ def contract(model, max_context: int) -> dict[str, nn.Module]:
     # "safe softmax" (eq / any / where over every head's N x N scores) that runs in portable kernels, half
     # of a real-size image encode (ViT-L/336, 2 threads: 1.91 s with sdpa, 0.97 s eager; docs/benchmarks.md)
     parts["vision"].tower.set_attn_implementation("eager")
+    _layer_norms_as_matmuls(parts["vision"])
+    _layer_norms_as_matmuls(parts["projector"])
     table = parts["llm"].get_input_embeddings()
     table.padding_idx = None  # a padding index blocks the quantized embedding kernel (docs/dependencies.md)
     return contract_modules(parts["vision"], parts["projector"], parts["llm"],
@@ -193,8 +229,16 @@ def runner_metadata(model, max_context: int) -> dict:
     }
 
 
+def to_edge(programs: dict, metadata: dict | None = None):
+    """torch.export programs → edge programs, what XNNPACK takes delegated to it."""
+    # batched matmuls (the tower's eager attention) trace with no-op `expand_copy`s that XNNPACK does not take:
+    # removed, they no longer split the tower into one partition per matmul
+    return to_edge_transform_and_lower(programs, transform_passes=[RemoveNoopExpandCopyPass()],
+                                       partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+
+
 def lower(programs: dict, metadata: dict) -> bytes:
-    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+    edge = to_edge(programs, metadata)
     trim_heap()  # what lowering freed (at 1.7 B: 6.5 GiB resident after it, 4.3 GiB once trimmed)
     # quant fusion turns the int8 embedding's dequantize + gather into quantized_decomposed::embedding_byte
     return edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True)).buffer
