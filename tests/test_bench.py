@@ -297,3 +297,20 @@ def test_et_vision_split_methods_are_the_encoder_and_its_tower(tmp_path):
     assert got["tower"].shape != got["vision_encoder"].shape  # 576 patches, 144 image tokens
     times = time_methods(tmp_path / "split.pte", image, threads=1, runs=2)
     assert all(len(t) == 2 and min(t) > 0 for t in times.values())
+
+
+def test_et_ab_times_the_same_method_of_each_bundle(tmp_path):
+    """benchmarks/et_ab.py on the golden ExecuTorch bundles: both phases of the decoder timed for each bundle,
+    the first bundle's output equal to itself, the fp32 one's near the int4 one's (the same model)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ab.json"
+    bundles = [str(GOLDEN_BUNDLES / "executorch-int4"), str(GOLDEN_BUNDLES / "executorch-fp32")]
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "et_ab.py"), *bundles,
+                    "--method", "text_decoder", "--runs", "2", "--threads", "1", "--prefill", "150",
+                    "--json", str(out)], check=True, capture_output=True)
+    first, second = json.loads(out.read_text())["results"]
+    for phase in ("prefill", "decode step"):
+        assert first[phase]["ratio"] == 1.0 and first[phase]["max_diff"] == 0.0
+        assert 0 < second[phase]["median_ms"] and 0 < second[phase]["max_diff"] < 1.0, second
