@@ -1,7 +1,8 @@
 """A / B of ExecuTorch programs: the same method of two or more bundles, alternating in one process.
 
 `edgevlm bench --rounds` interleaves whole bundles, each in its own worker; on a shared 2-core machine its
-rounds can move more than a small change does (docs/benchmarks.md, *ExecuTorch: the tower's layer norms*).
+rounds can move more than a small change does (docs/benchmarks.md, *ExecuTorch: the tower's
+layer norms and no-op expands*).
 This loads every program once and alternates single method calls, so every program sees the same machine
 state, and checks that their outputs agree:
 
@@ -28,18 +29,27 @@ from edgevlm.runtimes.executorch import ExecuTorchRuntime
 DECODE_STEPS = 16
 
 
-def phases(method, bundle, prefill: int) -> dict[str, tuple[float, torch.Tensor]]:
-    """One call of `method` (two phases for the decoder): phase → (ms, output)."""
-    runner = bundle.methods[method]
+def inputs(method: str, runtime: ExecuTorchRuntime, prefill: int) -> list[torch.Tensor]:
+    """The method's inputs, made once per bundle: a seeded uint8 image, or the embeddings of `prefill` + 1 ids
+    (any ids: the time does not depend on them) for the prefill and the decode steps."""
     if method == "vision_encoder":
-        size = bundle.bundle.manifest["image"]["size"]
-        image = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        size = runtime.bundle.manifest["image"]["size"]
+        seeded = torch.Generator().manual_seed(0)
+        return [torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=seeded)]
+    ids = (torch.arange(prefill + 1) % 100)[None]
+    table = runtime.methods["token_embedding"].execute([ids])[0]
+    return [table[:, :prefill].contiguous(), table[:, prefill:].contiguous()]
+
+
+def phases(method: str, runtime: ExecuTorchRuntime, args: list[torch.Tensor]) -> dict[str, tuple[float, torch.Tensor]]:
+    """One call of `method` (two phases for the decoder): phase → (ms, output)."""
+    runner = runtime.methods[method]
+    if method == "vision_encoder":
         t = time.perf_counter()
-        out = runner.execute([image])[0]
+        out = runner.execute(args)[0]
         return {"encode": (1e3 * (time.perf_counter() - t), out)}
-    ids = (torch.arange(prefill + 1) % 100)[None]  # any ids: the time does not depend on them
-    table = bundle.methods["token_embedding"].execute([ids])[0]
-    embeds, step = table[:, :prefill].contiguous(), table[:, prefill:].contiguous()
+    embeds, step = args
+    prefill = embeds.shape[1]
     t = time.perf_counter()
     first = runner.execute([embeds, torch.tensor([0])])[0]
     done = {"prefill": (1e3 * (time.perf_counter() - t), first)}
@@ -61,11 +71,12 @@ def main() -> int:
     a = p.parse_args()
 
     runtimes = [ExecuTorchRuntime(open_bundle(b), threads=a.threads) for b in a.bundles]
+    args = [inputs(a.method, rt, a.prefill) for rt in runtimes]
     times = [dict[str, list[float]]() for _ in runtimes]
     outputs = []
     for run in range(a.runs + 1):
-        for rt, mine in zip(runtimes, times):
-            done = phases(a.method, rt, a.prefill)
+        for rt, rt_args, mine in zip(runtimes, args, times):
+            done = phases(a.method, rt, rt_args)
             if run == 0:  # the warm-up: XNNPACK packs its weights
                 outputs.append({k: out for k, (_, out) in done.items()})
                 continue

@@ -4,9 +4,9 @@ accuracy, the same answers from ExecuTorch's own MultimodalRunner, and one-line 
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest

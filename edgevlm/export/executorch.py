@@ -114,7 +114,7 @@ class MatmulMeanLayerNorm(nn.Module):
 
 def _layer_norms_as_matmuls(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if type(child) is nn.LayerNorm and len(child.normalized_shape) == 1:  # not LDP's channel LayerNorm2d
+        if type(child) is nn.LayerNorm and len(child.normalized_shape) == 1:  # exactly: no subclass's layout
             setattr(module, name, MatmulMeanLayerNorm(child))
         else:
             _layer_norms_as_matmuls(child)
@@ -130,8 +130,7 @@ def contract(model, max_context: int) -> dict[str, nn.Module]:
     # "safe softmax" (eq / any / where over every head's N x N scores) that runs in portable kernels, half
     # of a real-size image encode (ViT-L/336, 2 threads: 1.91 s with sdpa, 0.97 s eager; docs/benchmarks.md)
     parts["vision"].tower.set_attn_implementation("eager")
-    _layer_norms_as_matmuls(parts["vision"])
-    _layer_norms_as_matmuls(parts["projector"])
+    _layer_norms_as_matmuls(parts["vision"])  # the projectors have none (LDP's are channel LayerNorm2d)
     table = parts["llm"].get_input_embeddings()
     table.padding_idx = None  # a padding index blocks the quantized embedding kernel (docs/dependencies.md)
     return contract_modules(parts["vision"], parts["projector"], parts["llm"],
